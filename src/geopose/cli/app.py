@@ -1,0 +1,27 @@
+"""The ``geopose`` typer application; each command lives in its own module of this package.
+
+Command modules import heavy libraries (torch, matplotlib) inside their functions so that
+``geopose --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="geopose",
+    help="Geocentric pose of oblique satellite images: height above ground, flow angle and scale.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one red ``error:`` line on stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)

@@ -1,0 +1,42 @@
+"""Entry point of the ``geopose`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from geopose import __version__
+from geopose.cli.app import app, err_console
+from geopose.errors import GeoposeError
+
+# Each import registers its command(s) on ``app``.
+from geopose.cli import validate  # noqa: E402, F401  isort: skip
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Geocentric pose of oblique satellite images: height above ground, flow angle and scale."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a :class:`GeoposeError` becomes one ``error:`` line and exit code 1."""
+    try:
+        app(args=argv, prog_name="geopose")
+    except GeoposeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Readers and writers for the competition / US3D layout (see CONVENTIONS.md)."""
+
+from geopose.io.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from geopose.io.layout import CITIES, agl_name, city_of, rgb_name, split_name, vflow_name
+from geopose.io.rasters import (
+    AGL_NODATA,
+    agl_cm_to_m,
+    agl_m_to_cm,
+    read_agl,
+    read_rgb,
+    write_agl,
+    write_rgb,
+)
+from geopose.io.submission import pack_submission, prediction_files, write_prediction
+from geopose.io.tables import load_index, read_metadata
+from geopose.io.vflow import Vflow, parse_vflow, read_vflow, vflow_json, write_vflow
+
+__all__ = [
+    "AGL_NODATA",
+    "CITIES",
+    "Vflow",
+    "agl_cm_to_m",
+    "agl_m_to_cm",
+    "agl_name",
+    "atomic_path",
+    "city_of",
+    "load_index",
+    "pack_submission",
+    "parse_vflow",
+    "prediction_files",
+    "read_agl",
+    "read_metadata",
+    "read_rgb",
+    "read_vflow",
+    "rgb_name",
+    "split_name",
+    "vflow_json",
+    "vflow_name",
+    "write_agl",
+    "write_bytes_atomic",
+    "write_prediction",
+    "write_rgb",
+    "write_text_atomic",
+    "write_vflow",
+]

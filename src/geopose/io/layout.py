@@ -1,0 +1,37 @@
+"""File names of the competition layout: ``{CITY}_{ID}_RGB.j2k``, ``_AGL.tif``, ``_VFLOW.json``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CITIES = ("ARG", "ATL", "JAX", "OMA")
+"""The four cities of the competition / US3D data."""
+
+_KIND_RE = re.compile(r"^(?P<stem>.+)_(?P<kind>RGB|AGL|VFLOW|NADIR_AGL|NADIR_RGB)$")
+
+
+def rgb_name(stem: str, suffix: str = ".j2k") -> str:
+    """``{stem}_RGB{suffix}``."""
+    return f"{stem}_RGB{suffix}"
+
+
+def agl_name(stem: str) -> str:
+    """``{stem}_AGL.tif``."""
+    return f"{stem}_AGL.tif"
+
+
+def vflow_name(stem: str) -> str:
+    """``{stem}_VFLOW.json``."""
+    return f"{stem}_VFLOW.json"
+
+
+def split_name(path: str | Path) -> tuple[str, str] | None:
+    """``JAX_abc_AGL.tif`` -> ``("JAX_abc", "AGL")``; None for a name outside the layout."""
+    m = _KIND_RE.match(Path(path).name.split(".", 1)[0])
+    return (m["stem"], m["kind"]) if m else None
+
+
+def city_of(stem: str) -> str:
+    """The city code at the front of a stem (``JAX_abc`` -> ``JAX``)."""
+    return stem.split("_", 1)[0]
