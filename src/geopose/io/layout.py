@@ -8,7 +8,8 @@ from pathlib import Path
 CITIES = ("ARG", "ATL", "JAX", "OMA")
 """The four cities of the competition / US3D data."""
 
-_KIND_RE = re.compile(r"^(?P<stem>.+)_(?P<kind>RGB|AGL|VFLOW|NADIR_AGL|NADIR_RGB)$")
+# Non-greedy stem: ``X_NADIR_AGL`` is (X, NADIR_AGL), not (X_NADIR, AGL).
+_KIND_RE = re.compile(r"^(?P<stem>.+?)_(?P<kind>RGB|AGL|VFLOW|NADIR_AGL|NADIR_RGB)$")
 
 
 def rgb_name(stem: str, suffix: str = ".j2k") -> str:

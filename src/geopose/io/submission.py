@@ -34,7 +34,11 @@ def write_prediction(
 def prediction_files(pred_dir: str | Path) -> list[Path]:
     """The ``*_AGL.tif`` and ``*_VFLOW.json`` files of a predictions folder, sorted."""
     pred_dir = Path(pred_dir)
-    files = [p for p in pred_dir.iterdir() if p.is_file() and (s := split_name(p)) and s[1] in ("AGL", "VFLOW")]
+    files = [
+        p
+        for p in pred_dir.iterdir()
+        if p.is_file() and (s := split_name(p)) and s[1] in ("AGL", "VFLOW")
+    ]
     return sorted(files)
 
 

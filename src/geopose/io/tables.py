@@ -26,7 +26,9 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
         raise GeoposeDataError(path, f"unreadable csv ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise GeoposeDataError(path, f"missing column(s) {', '.join(missing)}; has {list(df.columns)}")
+        raise GeoposeDataError(
+            path, f"missing column(s) {', '.join(missing)}; has {list(df.columns)}"
+        )
     return df
 
 
@@ -60,6 +62,11 @@ def _split_table(data_dir: Path, split: str) -> pd.DataFrame:
         df["agl"] = None
         df["json"] = None
     folder = data_dir / split
+    csv = data_dir / (TRAIN_CSV if split == "train" else TEST_CSV)
+    cols = ["id", "rgb", "agl", "json"] if split == "train" else ["id", "rgb"]
+    blank = df.loc[df[cols].isna().any(axis=1)]
+    if len(blank):
+        raise GeoposeDataError(csv, f"empty cell(s) in row(s) for id(s) {blank['id'].tolist()[:5]}")
     out = pd.DataFrame(
         {
             "id": df["id"],
@@ -86,7 +93,13 @@ def load_index(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     splits = ["train", "test"] if split == "all" else [split]
-    parts = [_split_table(data_dir, s) for s in splits if split != "all" or (data_dir / (TRAIN_CSV if s == "train" else TEST_CSV)).is_file()]
+    if split == "all":
+        splits = [
+            s for s in splits if (data_dir / (TRAIN_CSV if s == "train" else TEST_CSV)).is_file()
+        ]
+        if not splits:
+            raise GeoposeDataError(data_dir, f"neither {TRAIN_CSV} nor {TEST_CSV} found")
+    parts = [_split_table(data_dir, s) for s in splits]
     table = pd.concat(parts, ignore_index=True)
     meta = read_metadata(data_dir)
     index = table.merge(meta, on="id", how="left")

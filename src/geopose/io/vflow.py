@@ -1,4 +1,4 @@
-"""VFLOW json: ``{"scale": pixels per CENTIMETRE, "angle": radians}`` <-> (angle rad, scale px/m)."""
+"""VFLOW json: ``{"scale": px per CENTIMETRE, "angle": radians}`` <-> (angle rad, scale px/m)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ def vflow_json(angle: float, scale_px_per_m: float) -> str:
     return json.dumps({"scale": float(scale_px_per_m) / 100.0, "angle": a})
 
 
-def write_vflow(path: str | Path, angle: float, scale_px_per_m: float, overwrite: bool = True) -> Path:
+def write_vflow(
+    path: str | Path, angle: float, scale_px_per_m: float, overwrite: bool = True
+) -> Path:
     """Write a VFLOW json (scale converted to px/cm, angle wrapped into [0, 2π)), atomically."""
     if not (math.isfinite(angle) and math.isfinite(scale_px_per_m)):
         raise ValueError(f"non-finite VFLOW angle={angle} scale={scale_px_per_m}")
