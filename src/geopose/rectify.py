@@ -15,6 +15,7 @@ keys, no loop over pixels (``benchmarks/bench_rectify.py``: about 0.2 s for 2048
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,13 +172,15 @@ def read_georef(path: str | Path) -> Georef | None:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                return None
-            return Georef(crs=src.crs, transform=src.transform)
-    except RasterioIOError:
-        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain images
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is None:
+                    return None
+                return Georef(crs=src.crs, transform=src.transform)
+        except RasterioIOError:
+            return None
 
 
 def _write_geotiff(path: Path, bands: np.ndarray, georef: Georef, nodata, overwrite: bool) -> Path:
