@@ -1,15 +1,82 @@
-"""``geopose validate PATH``."""
+"""``geopose validate PATH``: check a data set, predictions folder or submission archive."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from geopose.cli.app import app
+from geopose.cli.app import app, console, err_console
 
 
 @app.command()
-def validate(path: Path = typer.Argument(..., help="Data set folder, predictions folder or submission .tar.gz.")) -> None:
-    """Check a data set, predictions folder or submission and report every problem."""
-    raise NotImplementedError
+def validate(
+    path: Path = typer.Argument(
+        ..., help="Data set folder, predictions folder or submission .tar.gz."
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Predictions/submission: RGB folder (or data set: its test/) each AGL must match "
+        "in size and each image must have a prediction for.",
+    ),
+    truth: Path | None = typer.Option(
+        None,
+        "--truth",
+        help="Predictions/submission: truth folder ({stem}_AGL.tif) to match 1:1 and in size.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", min=1, help="Decoding threads (default: CPU count, at most 8)."
+    ),
+) -> None:
+    """Check a data set, predictions folder or submission and report every problem at once.
+
+    One line per problem, naming the file; exit code 0 when clean, 1 when not. Nothing is
+    modified.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from geopose.validate import detect_kind
+    from geopose.validate import validate as run_checks
+
+    kind = detect_kind(path)
+    checked = 0
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"checking {kind}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            nonlocal checked
+            checked = max(checked, total)
+            bar.update(task, completed=done, total=total)
+
+        problems = run_checks(path, images=images, truth=truth, workers=workers, progress=progress)
+
+    for p in problems:
+        console.print(
+            f"[red]✗[/] [bold]{escape(p.path)}[/]: {escape(p.message)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    files = f"{checked} file(s) decoded"
+    if problems:
+        files_with = len({p.path for p in problems})
+        console.print(
+            f"[bold red]{len(problems)} problem(s)[/] in {files_with} file(s); {kind} "
+            f"{escape(str(path))}, {files}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"[bold green]OK[/]: {kind} {escape(str(path))}, {files}, no problems",
+        highlight=False,
+        soft_wrap=True,
+    )
