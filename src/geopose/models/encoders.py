@@ -1,0 +1,64 @@
+"""Encoders: any timm backbone with ``features_only=True``, chosen by name.
+
+An encoder maps a normalised image B×3×H×W to a list of feature maps of decreasing resolution,
+one per distinct stride (2, 4, 8, 16, 32 for the usual backbones). ``pretrained`` is opt-in
+(default off): geopose never downloads weights unless asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from geopose.errors import ConfigError
+
+
+class Encoder(nn.Module):
+    """A timm ``features_only`` backbone; ``channels``/``reductions`` describe its outputs.
+
+    Args:
+        name: timm model name (``resnet34``, ``efficientnet_b7``, ``tf_efficientnetv2_l``, ...).
+        pretrained: load timm's pretrained weights (needs the weights cached or a network).
+        **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``out_indices``).
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, **kwargs: Any) -> None:
+        super().__init__()
+        self.name = name
+        self.model = _create_backbone(name, pretrained, **kwargs)
+        info = self.model.feature_info
+        channels, reductions = list(info.channels()), list(info.reduction())
+        # Keep the deepest map of each stride (a few backbones emit two maps at one stride).
+        keep = [i for i in range(len(reductions)) if i + 1 == len(reductions)
+                or reductions[i + 1] != reductions[i]]
+        self._keep = keep
+        self.channels: list[int] = [channels[i] for i in keep]
+        self.reductions: list[int] = [reductions[i] for i in keep]
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the deepest feature map (input sizes must be multiples of it)."""
+        return self.reductions[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised image B×3×H×W -> feature maps, shallowest first."""
+        feats = self.model(x)
+        return [feats[i] for i in self._keep]
+
+
+def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, features_only=True)`` with geopose errors for bad names."""
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown encoder {name!r}: not a timm model name (see timm.list_models())")
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:
+        if pretrained:
+            raise ConfigError(
+                f"encoder {name!r}: pretrained weights could not be loaded ({exc}); "
+                "set pretrained: false or make the weights available offline"
+            ) from exc
+        raise ConfigError(f"encoder {name!r} cannot be built with features_only=True: {exc}") from exc

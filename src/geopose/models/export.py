@@ -1,0 +1,106 @@
+"""ONNX export of a GeoposeModel, and a parity check under onnxruntime.
+
+The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B float32, m/px) and
+``city`` (B int64, -1 = unknown; inputs a model does not use may be absent from the graph) and
+outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
+flow head, ``flow`` (px). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples
+of the encoder stride (32).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from geopose.io.atomic import atomic_path
+from geopose.models.model import GeoposeModel
+
+OUTPUT_NAMES = ("agl", "mag", "direction", "scale", "flow")
+
+
+class _OnnxWrapper(nn.Module):
+    """Positional (image, gsd, city) -> tuple of output tensors (no None)."""
+
+    def __init__(self, model: GeoposeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, gsd, city):
+        out = self.model(image, gsd, city)
+        return tuple(t for t in out if t is not None)
+
+
+def example_inputs(size: int = 256, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random (image [0,1], gsd m/px, city index) inputs of the exported signature."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, size, size, generator=g)
+    gsd = 0.3 + 0.2 * torch.rand(batch, generator=g)
+    city = torch.randint(0, 4, (batch,), generator=g)
+    return image, gsd, city
+
+
+def export_onnx(
+    model: GeoposeModel,
+    path: str | Path,
+    size: int = 256,
+    overwrite: bool = False,
+    dynamic: bool = True,
+    opset: int = 18,
+) -> Path:
+    """Export ``model`` (put in eval mode) to ``path`` atomically; ``size`` is the example side
+    (px, a multiple of 32 for dynamic sizes). Refuses to overwrite unless asked."""
+    model = model.eval()
+    wrapper = _OnnxWrapper(model).eval()
+    inputs = example_inputs(size)
+    with torch.no_grad():
+        n_out = len(wrapper(*inputs))
+    dynamic_shapes = None
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        if size % model.divisor == 0:
+            h = model.divisor * torch.export.Dim("h", min=1, max=512)
+            w = model.divisor * torch.export.Dim("w", min=1, max=512)
+            image_dims = {0: batch, 2: h, 3: w}
+        else:
+            image_dims = {0: batch}
+        dynamic_shapes = {"image": image_dims, "gsd": {0: batch}, "city": {0: batch}}
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            inputs,
+            dynamo=True,
+            input_names=["image", "gsd", "city"],
+            output_names=list(OUTPUT_NAMES[:n_out]),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(tmp), external_data=False)
+    return path
+
+
+def onnx_parity(
+    model: GeoposeModel, path: str | Path, size: int = 256, batch: int = 2, seed: int = 1
+) -> dict[str, float]:
+    """Largest |PyTorch - onnxruntime| per output on random inputs (units of each output)."""
+    import onnxruntime as ort
+
+    model = model.eval()
+    image, gsd, city = example_inputs(size, batch, seed)
+    with torch.no_grad():
+        ref = [t for t in model(image, gsd, city) if t is not None]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"image": image.numpy(), "gsd": gsd.numpy(), "city": city.numpy()}
+    names = {i.name for i in sess.get_inputs()}
+    got = sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    return {
+        name: float(np.max(np.abs(r.numpy() - g)))
+        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=False)
+    }

@@ -1,0 +1,264 @@
+"""Geopose heads: dense AGL / MAG / flow maps and image-level direction and scale.
+
+Units: AGL in metres, MAG and flow in pixels, direction a unit vector ``(sin a, cos a)`` =
+(dx, dy) in (column, row) axes, scale in pixels per metre, GSD in metres per pixel.
+
+How GSD enters (the ``gsd`` option of the AGL head):
+
+- ``"concat"``: ``log(gsd / gsd_ref)`` is appended as one constant channel to the head's input,
+  so the head can learn how metres per visual unit change with the ground sample distance.
+- ``"multiply"``: the head predicts height in *ground pixels* (what the image shows: a facade or
+  a shadow N pixels long) and the output is multiplied by ``gsd / gsd_ref``: metres = pixels ×
+  m/px. This makes AGL follow a resize exactly (CONVENTIONS.md: resizing by f changes gsd to
+  gsd/f and leaves heights in metres unchanged).
+- ``"both"``: concat and multiply. ``"none"``: GSD is not used.
+
+The scale head's ``"divide"`` is the same idea for px/m: it predicts ``tan(off-nadir)`` (no
+unit) and divides by the GSD, since scale = tan(off-nadir) / gsd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geopose.errors import ConfigError
+from geopose.io.layout import CITIES
+
+N_CITIES = len(CITIES)
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
+OUT_ACTIVATIONS = {
+    "none": lambda x: x,
+    "relu": F.relu,
+    "softplus": F.softplus,
+    "abs": torch.abs,
+}
+AGL_GSD_MODES = ("none", "concat", "multiply", "both")
+SCALE_GSD_MODES = ("none", "concat", "divide", "both")
+
+
+def _choice(value: str, options, what: str) -> str:
+    if value not in options:
+        raise ConfigError(f"{what}: {value!r} is not one of {sorted(options)}")
+    return value
+
+
+def city_one_hot(city: torch.Tensor | None, batch: int, ref: torch.Tensor) -> torch.Tensor:
+    """City index B (long, -1 = unknown) or None -> one-hot B×N_CITIES (zeros if unknown)."""
+    ids = torch.arange(N_CITIES, device=ref.device)
+    if city is None:
+        return ref.new_zeros(batch, N_CITIES)
+    return (city.reshape(-1, 1).long() == ids.reshape(1, -1)).to(ref.dtype)
+
+
+def gsd_feature(gsd: torch.Tensor, gsd_ref: float) -> torch.Tensor:
+    """GSD (m/px) B -> ``log(gsd / gsd_ref)`` B×1, a centred, scale-free cue."""
+    return torch.log(gsd.reshape(-1, 1) / gsd_ref)
+
+
+def _cue_maps(x: torch.Tensor, cues: list[torch.Tensor]) -> torch.Tensor:
+    """Append B×k vectors as constant maps to B×C×h×w features."""
+    if not cues:
+        return x
+    vec = torch.cat(cues, dim=1)
+    maps = vec[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+    return torch.cat([x, maps], dim=1)
+
+
+class DenseHead(nn.Module):
+    """Decoder map (stride s) -> full-resolution map: (bilinear ×2, 3×3 conv, act) × log2(s), 1×1.
+
+    The output is ``out_activation(raw) * out_scale`` (``out_scale`` in the target's unit, so raw
+    values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        input_stride: int,
+        out_channels: int = 1,
+        channels: int = 64,
+        activation: str = "relu",
+        out_activation: str = "none",
+        out_scale: float = 10.0,
+        gsd: str = "none",
+        gsd_ref: float = 0.3,
+        city: bool = False,
+    ) -> None:
+        super().__init__()
+        self.gsd = _choice(gsd, AGL_GSD_MODES, "head gsd")
+        self.out_activation = _choice(out_activation, OUT_ACTIVATIONS, "head out_activation")
+        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
+        self.gsd_ref, self.city, self.out_scale = float(gsd_ref), bool(city), float(out_scale)
+        n_up = int(round(math.log2(input_stride)))
+        if 2**n_up != input_stride:
+            raise ConfigError(f"head input stride {input_stride} is not a power of 2")
+        in_ch = in_channels + (self.gsd in ("concat", "both")) + N_CITIES * self.city
+        layers: list[nn.Module] = []
+        for _ in range(n_up):
+            layers += [
+                nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_ch, channels, 3, padding=1),
+                act(),
+            ]
+            in_ch = channels
+        layers.append(nn.Conv2d(in_ch, out_channels, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(
+        self, x: torch.Tensor, gsd: torch.Tensor | None = None, city: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cues = []
+        if self.gsd in ("concat", "both"):
+            cues.append(gsd_feature(gsd, self.gsd_ref).to(x.dtype))
+        if self.city:
+            cues.append(city_one_hot(city, x.shape[0], x))
+        y = OUT_ACTIVATIONS[self.out_activation](self.body(_cue_maps(x, cues))) * self.out_scale
+        if self.gsd in ("multiply", "both"):
+            y = y * (gsd.reshape(-1, 1, 1, 1).to(y.dtype) / self.gsd_ref)
+        return y
+
+
+class PooledMLP(nn.Module):
+    """Global average pool of the deepest encoder map (+ GSD/city cues) -> MLP -> ``out`` values."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out: int,
+        hidden: int = 256,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        gsd: bool = False,
+        gsd_ref: float = 0.3,
+        city: bool = False,
+    ) -> None:
+        super().__init__()
+        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
+        self.gsd, self.gsd_ref, self.city = bool(gsd), float(gsd_ref), bool(city)
+        in_ch = in_channels + self.gsd + N_CITIES * self.city
+        self.mlp = nn.Sequential(
+            nn.Linear(in_ch, hidden), act(), nn.Dropout(dropout), nn.Linear(hidden, out)
+        )
+
+    def forward(
+        self, feat: torch.Tensor, gsd: torch.Tensor | None = None, city: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        v = [feat.mean(dim=(2, 3))]
+        if self.gsd:
+            v.append(gsd_feature(gsd, self.gsd_ref).to(feat.dtype))
+        if self.city:
+            v.append(city_one_hot(city, feat.shape[0], feat))
+        return self.mlp(torch.cat(v, dim=1))
+
+
+def unit(v: torch.Tensor, fallback: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Normalise B×2 vectors; a zero vector becomes ``fallback`` (so the norm is always 1)."""
+    eps = 1e-12
+    fb = v.new_tensor(fallback).reshape(1, 2) * 1e-9
+    return F.normalize(v + fb, dim=1, eps=eps)
+
+
+class OrientationHead(nn.Module):
+    """Pooled bottleneck -> MLP -> unit direction (sin a, cos a), B×2."""
+
+    def __init__(self, in_channels: int, **kwargs) -> None:
+        super().__init__()
+        self.mlp = PooledMLP(in_channels, 2, **kwargs)
+
+    def forward(self, feat, gsd=None, city=None) -> torch.Tensor:
+        return unit(self.mlp(feat, gsd, city))
+
+
+class ScaleHead(nn.Module):
+    """Pooled bottleneck -> MLP -> scale (px/m) = softplus(raw) · out_scale (/ gsd with divide)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        gsd: str = "concat",
+        out_scale: float = 1.0,
+        gsd_ref: float = 0.3,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        self.gsd = _choice(gsd, SCALE_GSD_MODES, "scale gsd")
+        self.out_scale = float(out_scale)
+        self.mlp = PooledMLP(
+            in_channels, 1, gsd=self.gsd in ("concat", "both"), gsd_ref=gsd_ref, **kwargs
+        )
+
+    def forward(self, feat, gsd=None, city=None) -> torch.Tensor:
+        s = F.softplus(self.mlp(feat, gsd, city)[:, 0]) * self.out_scale
+        if self.gsd in ("divide", "both"):
+            s = s / gsd.reshape(-1).to(s.dtype)
+        return s
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|∇x| of B×1×H×W maps by Sobel filters (units of x per pixel), same size."""
+    k = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    kernel = torch.stack([k, k.t()]).unsqueeze(1)  # 2×1×3×3: d/dcol, d/drow
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
+    return torch.sqrt((g * g).sum(dim=1, keepdim=True) + 1e-12)
+
+
+class DenseOrientationHead(nn.Module):
+    """Seed 004's dense orientation: a per-pixel direction field averaged with attention weights
+    ``softmax(beta · |∇AGL|)`` over the image, so building edges (where heights change and the
+    oblique view shows facades) decide the direction. ``beta`` (1/m·px) is learned.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int = 64,
+        activation: str = "relu",
+        beta: float = 1.0,
+        detach_agl: bool = True,
+    ) -> None:
+        super().__init__()
+        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
+        self.field = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), act(), nn.Conv2d(channels, 2, 1)
+        )
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
+        self.detach_agl = bool(detach_agl)
+
+    def forward(self, dec: torch.Tensor, agl: torch.Tensor, pad_hw: tuple[int, int]) -> torch.Tensor:
+        """Decoder map (padded, stride s), AGL B×1×H×W (m, cropped), padded size -> B×2 unit."""
+        v = F.interpolate(self.field(dec), size=pad_hw, mode="bilinear", align_corners=False)
+        v = F.normalize(v[:, :, : agl.shape[2], : agl.shape[3]], dim=1, eps=1e-6)
+        a = agl.detach() if self.detach_agl else agl
+        logits = (gradient_magnitude(a) * self.log_beta.exp()).flatten(1)
+        w = torch.softmax(logits, dim=1)  # B×HW
+        return unit((v.flatten(2) * w[:, None, :]).sum(dim=2))
+
+
+def flow_pose(
+    flow: torch.Tensor, agl: torch.Tensor, detach_agl: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direction, scale and MAG from a dense flow map by least squares against AGL.
+
+    The model ``flow_i ≈ agl_i · v`` with ``v = scale · (sin a, cos a)`` gives
+    ``v = Σ agl·flow / Σ agl²`` (pixels near the ground weigh little, tall ones most). Returns
+    direction B×2 (unit), scale B (px/m, = |v|) and MAG B×1×H×W (px, flow projected on the
+    direction). Inconsistent flow directions shrink |v|, i.e. the scale: the expected flow.
+    """
+    a = agl.detach() if detach_agl else agl
+    num = (flow * a).sum(dim=(2, 3))  # B×2
+    den = (a * a).sum(dim=(2, 3)) + 1e-6  # B×1
+    v = num / den
+    direction = unit(v)
+    scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
+    mag = (flow * direction[:, :, None, None]).sum(dim=1, keepdim=True)
+    return direction, scale, mag
+
+
+def lstsq_scale(mag: torch.Tensor, agl: torch.Tensor, detach_agl: bool = True) -> torch.Tensor:
+    """Scale (px/m) B as the least-squares ratio ``Σ mag·agl / Σ agl²`` of each image."""
+    a = agl.detach() if detach_agl else agl
+    return (mag * a).sum(dim=(1, 2, 3)) / ((a * a).sum(dim=(1, 2, 3)) + 1e-6)
