@@ -171,7 +171,9 @@ def read_agl_raw(source: str | Path | bytes, name: str | Path | None = None) -> 
         raise GeoposeDataError(
             name, f"unreadable or truncated TIFF ({type(exc).__name__}: {exc})"
         ) from exc
-    arr = np.squeeze(np.asarray(arr))
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):  # one band, band-first or last
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
     if arr.ndim != 2:
         raise GeoposeDataError(name, f"expected a single-band height map, got shape {arr.shape}")
     if arr.dtype != np.uint16 and not np.issubdtype(arr.dtype, np.floating):
