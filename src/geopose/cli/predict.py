@@ -1,0 +1,132 @@
+"""``geopose predict CKPT [CKPT ...] --images DIR --out DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from geopose.cli.app import app, console, err_console, fail
+
+TTA_MODES = ("none", "flip", "d2", "d4")
+
+
+@app.command()
+def predict(
+    checkpoints: list[Path] | None = typer.Argument(
+        None, help="Lightning checkpoint(s) (.ckpt); several are ensembled with equal weights."
+    ),
+    images: Path = typer.Option(..., "--images", help="Folder of RGB images (.j2k/.tif/.png)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the predictions."),
+    tta: str = typer.Option("d4", "--tta", help="Test-time augmentation: none, flip, d2 or d4."),
+    ensemble: Path | None = typer.Option(
+        None, "--ensemble", help="YAML spec of ensemble members (checkpoints and weights)."
+    ),
+    tar: Path | None = typer.Option(
+        None, "--tar", help="Also pack a submission .tar.gz here and validate it."
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Most images (views × tiles) per forward."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda when available)."
+    ),
+    gsd: float | None = typer.Option(
+        None,
+        "--gsd",
+        min=0.0,
+        help="GSD (m/px) for images found neither in metadata.csv nor georeferenced.",
+    ),
+    city: str | None = typer.Option(
+        None, "--city", help="City code (ARG, ATL, JAX, OMA) for images not in metadata.csv."
+    ),
+    tile_size: int = typer.Option(
+        2048,
+        "--tile-size",
+        min=0,
+        help="Predict images larger than this (px) in blended overlapping tiles; 0 = never.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Redo images whose outputs exist (default: skip them)."
+    ),
+) -> None:
+    """Predict AGL, angle and scale for every image of a folder.
+
+    Per image: {stem}_AGL.tif (uint16 cm) and {stem}_VFLOW.json; a georeferenced GeoTIFF input
+    gets float32-metre _AGL.tif and 2-band _FLOW.tif GeoTIFFs with its CRS and transform, plus
+    the json. Re-runs skip finished images; under torchrun each rank predicts its own shard.
+    """
+    import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from geopose.inference import distributed
+    from geopose.inference.ensemble import read_ensemble_spec
+    from geopose.inference.run import run_predict
+
+    if tta not in TTA_MODES:
+        fail(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    members = [(p, 1.0) for p in checkpoints or []]
+    if ensemble is not None:
+        members += read_ensemble_spec(ensemble)
+    if not members:
+        fail("give at least one checkpoint (or --ensemble spec.yaml)")
+    for path, _ in members:
+        if not path.is_file():
+            fail(f"{path}: checkpoint not found")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda asked for, but no CUDA device is available")
+    main = distributed.env_info().is_main
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not main,
+    ) as bar:
+        task = bar.add_task("predicting", total=None)
+        report = run_predict(
+            members,
+            images,
+            out,
+            tta=tta,
+            device=device,
+            batch=batch,
+            tile_size=tile_size,
+            gsd=gsd,
+            city=city,
+            tar=tar,
+            overwrite=overwrite,
+            on_start=lambda n: bar.update(task, total=n),
+            on_done=lambda job, status: bar.advance(task),
+        )
+    if report is None:  # not rank 0
+        return
+    for i, r in enumerate(report.ranks):
+        per = r.seconds / len(r.written) if r.written else 0.0
+        console.print(
+            f"rank {i}: {len(r.written)} written, {len(r.skipped)} skipped"
+            f" ({len(r.redone)} incomplete redone), {per:.2f} s/image",
+            highlight=False,
+        )
+    console.print(
+        f"{report.n_images} image(s): {len(report.written)} predicted, {len(report.skipped)} "
+        f"already done; {len(members)} model(s), TTA {tta}, {report.device} -> "
+        f"{escape(str(out))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.tar is not None:
+        for p in report.problems:
+            console.print(f"[red]✗[/] {escape(p)}", highlight=False, soft_wrap=True)
+        if report.problems:
+            fail(f"{report.tar}: submission has {len(report.problems)} problem(s)")
+        console.print(f"[bold green]OK[/]: submission {escape(str(report.tar))} validated")

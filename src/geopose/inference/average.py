@@ -1,0 +1,58 @@
+"""The one averaging rule of TTA views, tiles, checkpoints and models (CONVENTIONS.md).
+
+Maps (AGL m, MAG px) and scales (px/m) are weighted arithmetic means; directions are averaged as
+unit vectors ``(sin a, cos a)``, weighted, then renormalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+EPS = 1e-12
+
+
+def unit(direction: torch.Tensor) -> torch.Tensor:
+    """Normalise direction vectors (…×2) to unit length (a zero vector stays zero)."""
+    return direction / direction.norm(dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def _weights(
+    n: int, weights: Sequence[float] | torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor:
+    w = torch.ones(n) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (n,):
+        raise ValueError(f"expected {n} weights, got shape {tuple(w.shape)}")
+    if bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+    return (w / w.sum()).to(device=like.device, dtype=like.dtype)
+
+
+def weighted_mean(values: Sequence[torch.Tensor], weights=None) -> torch.Tensor:
+    """Weighted mean of same-shaped tensors (weights normalised to sum 1)."""
+    stack = torch.stack(list(values))
+    w = _weights(len(stack), weights, stack)
+    return torch.tensordot(w, stack, dims=1)
+
+
+def mean_direction(directions: Sequence[torch.Tensor], weights=None) -> torch.Tensor:
+    """Weighted mean of direction vectors (each …×2) as unit vectors, renormalised."""
+    return unit(weighted_mean([unit(d) for d in directions], weights))
+
+
+def average_outputs(outputs: Sequence[Any], weights=None) -> Any:
+    """Average model outputs (``agl``, ``mag``, ``direction``, ``scale``) by the rule above.
+
+    Returns an output of the same type as the first one, built from the four fields.
+    """
+    if not outputs:
+        raise ValueError("nothing to average")
+    first = outputs[0]
+    return type(first)(
+        agl=weighted_mean([o.agl for o in outputs], weights),
+        mag=weighted_mean([o.mag for o in outputs], weights),
+        direction=mean_direction([o.direction for o in outputs], weights),
+        scale=weighted_mean([o.scale for o in outputs], weights),
+    )

@@ -1,0 +1,381 @@
+"""Predict a folder of images: find each image's GSD/city, run the (ensembled, TTA, tiled)
+model, write competition or GeoTIFF outputs atomically, skip what is already done.
+
+GSD (m/px) and city of an image come, in this order, from ``metadata.csv`` in the images folder
+or its parent (the competition layout), from a georeferenced GeoTIFF's transform (pixel size;
+city unknown), or from the caller's defaults (``--gsd``/``--city``). A missing GSD is an error
+naming the image, never a silent default.
+
+Outputs per image ``{stem}``:
+- plain images: ``{stem}_AGL.tif`` (uint16 cm, deflate) and ``{stem}_VFLOW.json`` (competition);
+- georeferenced GeoTIFFs: ``{stem}_AGL.tif`` float32 metres and ``{stem}_FLOW.tif`` 2-band
+  float32 ``(dx, dy)`` px flow (``agl · scale · (sin a, cos a)``), both with the input's CRS and
+  transform, and ``{stem}_VFLOW.json`` (angle rad, scale px/cm).
+The json is written last: an image whose json exists and parses has complete outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from geopose.errors import GeoposeDataError
+from geopose.geometry import flow_from_agl, vector_to_angle
+from geopose.inference.ensemble import Ensemble
+from geopose.inference.runner import ModelRunner
+from geopose.inference.tiling import predict_tiled
+from geopose.inference.tta import predict_tta, tta_views
+from geopose.io import (
+    CITIES,
+    agl_name,
+    city_of,
+    read_agl,
+    read_metadata,
+    read_rgb,
+    read_vflow,
+    split_name,
+    vflow_name,
+    write_prediction,
+    write_vflow,
+)
+from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
+from geopose.rectify import Georef, _write_geotiff, read_georef
+
+METRES_PER_DEGREE = 111_320.0
+"""Metres per degree of latitude (and of longitude at the equator), for geographic CRSs."""
+
+
+def flow_name(stem: str) -> str:
+    """``{stem}_FLOW.tif``: the 2-band flow GeoTIFF of a georeferenced prediction."""
+    return f"{stem}_FLOW.tif"
+
+
+# --- finding images and their GSD / city ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to predict: path, output stem, GSD (m/px), city index (-1 unknown), and the
+    georeference (CRS, transform; ``geopose.rectify.Georef``) of a GeoTIFF input."""
+
+    path: Path
+    stem: str
+    gsd: float
+    city: int
+    georef: Georef | None = None
+
+
+def image_stem(path: Path) -> str:
+    """``JAX_abc_RGB.j2k`` -> ``JAX_abc``; any other name -> the name without its suffix."""
+    parts = split_name(path)
+    if parts and parts[1] == "RGB":
+        return parts[0]
+    return path.name.split(".", 1)[0]
+
+
+def find_images(images_dir: str | Path) -> list[Path]:
+    """RGB images (.j2k/.jp2/.tif/.png/...) of a folder, sorted by name; hidden files skipped."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise GeoposeDataError(images_dir, "images folder not found")
+    files = [
+        p
+        for p in images_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RGB_SUFFIXES
+    ]
+    # A folder of competition images may also hold AGL/FLOW tifs (e.g. truth): only *_RGB then.
+    rgb = [p for p in files if (s := split_name(p)) and s[1] == "RGB"]
+    return sorted(rgb or [p for p in files if not split_name(p)], key=lambda p: p.name)
+
+
+def city_index(city: str | int | None) -> int:
+    """City code (``JAX``) or index -> index into ``geopose.io.CITIES``; unknown -> -1."""
+    if city is None:
+        return -1
+    if isinstance(city, (int, np.integer)):
+        return int(city) if 0 <= int(city) < len(CITIES) else -1
+    return CITIES.index(city) if city in CITIES else -1
+
+
+def metadata_lookup(images_dir: Path) -> dict[str, tuple[str, float]]:
+    """``metadata.csv`` of the images folder or its parent -> {key: (city, gsd m/px)}.
+
+    Keys are the csv id and ``{city}_{id}``, so both id styles match an image stem.
+    """
+    for folder in (images_dir, images_dir.parent):
+        if (folder / "metadata.csv").is_file():
+            meta = read_metadata(folder)
+            out: dict[str, tuple[str, float]] = {}
+            for row in meta.itertuples(index=False):
+                out[str(row.id)] = (row.city, float(row.gsd))
+                out[f"{row.city}_{row.id}"] = (row.city, float(row.gsd))
+            return out
+    return {}
+
+
+def georef_gsd(georef: Georef) -> float | None:
+    """Pixel size (m) of a georeference: projected CRSs convert by their linear unit;
+    geographic CRSs (degrees) use 111,320 m per degree, times cos(latitude) across."""
+    t, crs = georef.transform, georef.crs
+    px_x, px_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    if crs.is_geographic:
+        lat = math.radians(t.f)
+        gsd = 0.5 * (px_x * math.cos(lat) + px_y) * METRES_PER_DEGREE
+    elif crs.is_projected:
+        gsd = 0.5 * (px_x + px_y) * float(crs.linear_units_factor[1])
+    else:
+        return None
+    return gsd if gsd > 0 else None
+
+
+def image_georef(path: Path) -> Georef | None:
+    """The georeference of a GeoTIFF input (None for other formats or no CRS)."""
+    return read_georef(path) if path.suffix.lower() in TIFF_SUFFIXES else None
+
+
+def resolve_jobs(
+    images_dir: str | Path, gsd: float | None = None, city: str | int | None = None
+) -> list[ImageJob]:
+    """Every image of ``images_dir`` with its GSD and city (see the module doc), sorted by stem.
+
+    Raises :class:`GeoposeDataError` naming the first image without a GSD, or a folder
+    without images.
+    """
+    images_dir = Path(images_dir)
+    paths = find_images(images_dir)
+    if not paths:
+        raise GeoposeDataError(images_dir, f"no RGB images ({', '.join(RGB_SUFFIXES)}) found")
+    meta = metadata_lookup(images_dir)
+    jobs, stems = [], {}
+    for path in paths:
+        stem = image_stem(path)
+        if stem in stems:
+            raise GeoposeDataError(path, f"same output name {stem!r} as {stems[stem].name}")
+        stems[stem] = path
+        georef = image_georef(path)
+        if stem in meta:
+            m_city, m_gsd = meta[stem]
+            jobs.append(ImageJob(path, stem, m_gsd, city_index(m_city), georef))
+            continue
+        g = (georef_gsd(georef) if georef is not None else None) or gsd
+        if g is None or not g > 0:
+            raise GeoposeDataError(
+                path,
+                "no GSD: not in metadata.csv (images folder or its parent), not a GeoTIFF with a "
+                "pixel size in metres; pass --gsd M_PER_PX",
+            )
+        c = city_index(city) if city is not None else -1
+        if c < 0 and georef is None:
+            c = city_index(city_of(stem))
+        jobs.append(ImageJob(path, stem, float(g), c, georef))
+    return sorted(jobs, key=lambda j: j.stem)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def output_paths(job: ImageJob, out_dir: Path) -> list[Path]:
+    """The files a job writes (the VFLOW json last)."""
+    files = [out_dir / agl_name(job.stem)]
+    if job.georef is not None:
+        files.append(out_dir / flow_name(job.stem))
+    return [*files, out_dir / vflow_name(job.stem)]
+
+
+def outputs_valid(job: ImageJob, out_dir: Path) -> bool:
+    """True when every output of ``job`` exists and reads back (json parses, rasters open)."""
+    paths = output_paths(job, out_dir)
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        read_vflow(paths[-1])
+        agl = read_agl(paths[0])
+        if job.georef is not None:
+            import rasterio
+
+            with rasterio.open(paths[1]) as src:
+                if src.count != 2 or (src.height, src.width) != agl.shape:
+                    return False
+    except Exception:  # any unreadable output means "redo it"
+        return False
+    return True
+
+
+@dataclass
+class ImagePrediction:
+    """One image's prediction: AGL H×W float32 m, MAG H×W float32 px, angle rad, scale px/m."""
+
+    agl: np.ndarray
+    mag: np.ndarray
+    angle: float
+    scale: float
+
+
+def write_outputs(
+    job: ImageJob, pred: ImagePrediction, out_dir: Path, overwrite: bool
+) -> list[Path]:
+    """Write a job's outputs (competition files, or GeoTIFFs for georeferenced input)."""
+    if job.georef is None:
+        return list(
+            write_prediction(out_dir, job.stem, pred.agl, pred.angle, pred.scale, overwrite)
+        )
+    paths = output_paths(job, out_dir)
+    nan = float("nan")
+    _write_geotiff(paths[0], pred.agl[None].astype(np.float32), job.georef, nan, overwrite)
+    flow = np.moveaxis(flow_from_agl(pred.agl, pred.angle, pred.scale), -1, 0)
+    _write_geotiff(paths[1], flow.astype(np.float32), job.georef, nan, overwrite)
+    write_vflow(paths[2], pred.angle, pred.scale, overwrite)
+    return paths
+
+
+# --- the predictor ----------------------------------------------------------------------------
+
+
+class Predictor:
+    """Ensemble + TTA + tiling on one device: ``predict(rgb, gsd, city) -> ImagePrediction``.
+
+    Args:
+        models: geopose models (``forward(image, gsd, city) -> GeoposeOutput``).
+        weights: ensemble weights (default equal).
+        tta: ``none``, ``flip``, ``d2`` or ``d4``.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; CUDA runs bf16 autocast + channels_last.
+        max_batch: most images (TTA views × tiles) per forward call.
+        tile_size: images with a side above this (px) are predicted in overlapping tiles;
+            0 = never tile (CUDA out-of-memory still falls back to tiles).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        weights: Sequence[float] | None = None,
+        tta: str = "d4",
+        device: str | torch.device = "cpu",
+        max_batch: int = 8,
+        tile_size: int = 2048,
+        amp: bool = True,
+    ) -> None:
+        tta_views(tta)  # check the name early
+        self.device = torch.device(device)
+        runners = [ModelRunner(m, amp=amp).to_device(self.device) for m in models]
+        self.forward = Ensemble(runners, weights)
+        self.tta = tta
+        self.max_batch = max(1, int(max_batch))
+        self.tile_size = int(tile_size)
+
+    def _predict_batch(
+        self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None
+    ) -> Any:
+        return predict_tta(self.forward, image, gsd, city, self.tta, self.max_batch)
+
+    def _run(self, img: torch.Tensor, gsd: float, city: int, tile: int) -> Any:
+        h, w = img.shape[-2:]
+        if tile and max(h, w) > tile:
+            per_call = max(1, self.max_batch // len(tta_views(self.tta)))
+            return predict_tiled(
+                self._predict_batch,
+                img,
+                gsd,
+                city,
+                tile=tile,
+                tiles_per_call=per_call,
+                device=self.device,
+            )
+        x = img[None].to(self.device).float().div_(255.0)
+        g = torch.tensor([gsd], dtype=torch.float32, device=self.device)
+        c = torch.tensor([city], dtype=torch.long, device=self.device)
+        return self._predict_batch(x, g, c)
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray, gsd: float, city: int = -1) -> ImagePrediction:
+        """Predict one H×W×3 uint8 image with GSD ``gsd`` (m/px) and city index (-1 unknown).
+
+        Negative heights are clipped to 0 m.
+        """
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        tile = self.tile_size
+        while True:
+            try:
+                out = self._run(img, gsd, city, tile)
+                break
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda" or min(tile or max(img.shape), max(img.shape)) <= 256:
+                    raise
+                torch.cuda.empty_cache()
+                tile = max(256, (tile or max(img.shape[-2:])) // 2)
+        agl = out.agl[0, 0].clamp_min(0).cpu().numpy()
+        return ImagePrediction(
+            agl=agl,
+            mag=out.mag[0, 0].cpu().numpy(),
+            angle=float(vector_to_angle(out.direction[0].double().cpu().numpy())),
+            scale=float(out.scale[0]),
+        )
+
+    @classmethod
+    def from_checkpoints(
+        cls, members: Sequence[tuple[str | Path, float]], **kwargs: Any
+    ) -> tuple[Predictor, list[dict]]:
+        """Load ``[(checkpoint, weight)]`` with ``geopose.models.load_checkpoint`` -> (predictor,
+        configs)."""
+        from geopose.inference.ensemble import load_ensemble
+
+        models, weights, configs = load_ensemble([(Path(p), w) for p, w in members])
+        return cls(models, weights, **kwargs), configs
+
+
+# --- a folder ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did: stems written, skipped (valid outputs there) and redone (invalid ones)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def predict_jobs(
+    predictor: Predictor | Callable[[], Predictor],
+    jobs: Iterable[ImageJob],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    on_done: Callable[[ImageJob, str], None] | None = None,
+) -> RunSummary:
+    """Predict and write each job; a job with valid outputs is skipped unless ``overwrite``.
+
+    ``predictor`` may be a zero-argument factory, called only if some job needs predicting (so
+    a finished folder loads no model). Invalid (partial, corrupt) outputs are replaced.
+    ``on_done(job, status)`` follows each job (status ``written`` or ``skipped``).
+    """
+    import time
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    for job in jobs:
+        if not overwrite and outputs_valid(job, out_dir):
+            summary.skipped.append(job.stem)
+            status = "skipped"
+        else:
+            if not isinstance(predictor, Predictor):
+                predictor = predictor()
+            stale = any(p.exists() for p in output_paths(job, out_dir))
+            pred = predictor.predict(read_rgb(job.path), job.gsd, job.city)
+            write_outputs(job, pred, out_dir, overwrite=overwrite or stale)
+            if stale and not overwrite:
+                summary.redone.append(job.stem)
+            summary.written.append(job.stem)
+            status = "written"
+        if on_done is not None:
+            on_done(job, status)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,104 @@
+"""``geopose predict`` as a function: a folder of images -> predictions (and a submission),
+sharded over the ranks of a torchrun job when there is one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geopose.errors import GeoposeDataError, OutputExistsError
+from geopose.inference import distributed as dist
+from geopose.inference.predictor import ImageJob, Predictor, RunSummary, predict_jobs, resolve_jobs
+from geopose.io import pack_submission
+
+
+@dataclass
+class PredictReport:
+    """Rank 0's account of a run: every rank's summary, the images and the archive (if any)."""
+
+    ranks: list[RunSummary]
+    n_images: int
+    device: str
+    tar: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[str]:
+        """Stems written by any rank."""
+        return [s for r in self.ranks for s in r.written]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Stems skipped (valid outputs were there) by any rank."""
+        return [s for r in self.ranks for s in r.skipped]
+
+
+def _check_tar(jobs: Sequence[ImageJob], tar: Path, overwrite: bool) -> None:
+    if tar.exists() and not overwrite:
+        raise OutputExistsError(tar)
+    geo = [j.path for j in jobs if j.georef is not None]
+    if geo:
+        raise GeoposeDataError(
+            geo[0],
+            "georeferenced input gives GeoTIFF outputs, not a competition submission (--tar)",
+        )
+
+
+def _pack_and_validate(out_dir: Path, tar: Path, images_dir: Path, overwrite: bool) -> list[str]:
+    from geopose.validate import validate_submission
+
+    pack_submission(out_dir, tar, overwrite=overwrite)
+    return [str(p) for p in validate_submission(tar, images=images_dir)]
+
+
+def run_predict(
+    members: Sequence[tuple[Path, float]],
+    images_dir: str | Path,
+    out_dir: str | Path,
+    tta: str = "d4",
+    device: str = "cpu",
+    batch: int = 8,
+    tile_size: int = 2048,
+    gsd: float | None = None,
+    city: str | None = None,
+    tar: str | Path | None = None,
+    overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[ImageJob, str], None] | None = None,
+) -> PredictReport | None:
+    """Predict every image of ``images_dir`` into ``out_dir``; see ``geopose predict --help``.
+
+    Under torchrun each rank takes its shard of the stem-sorted images; rank 0 gathers the
+    summaries, packs ``tar`` (if given) and validates it, and returns the report (other ranks
+    return None). ``on_start(n)`` gets this rank's image count; ``on_done(job, status)`` follows
+    each image.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    info, dev = dist.init_distributed(device)
+    try:
+        jobs = resolve_jobs(images_dir, gsd=gsd, city=city)
+        if tar is not None:
+            _check_tar(jobs, Path(tar), overwrite)
+        mine = dist.shard(jobs, info.rank, info.world_size)
+
+        def load() -> Predictor:
+            return Predictor.from_checkpoints(
+                members, tta=tta, device=dev, max_batch=batch, tile_size=tile_size
+            )[0]
+
+        if on_start is not None:
+            on_start(len(mine))
+        summary = predict_jobs(load, mine, out_dir, overwrite=overwrite, on_done=on_done)
+        dist.barrier()
+        summaries = dist.gather_to_main(summary, info)
+        report = None
+        if info.is_main:
+            report = PredictReport(ranks=summaries, n_images=len(jobs), device=str(dev))
+            if tar is not None:
+                report.tar = Path(tar)
+                report.problems = _pack_and_validate(out_dir, Path(tar), images_dir, overwrite)
+        dist.barrier()
+        return report
+    finally:
+        dist.finalize()

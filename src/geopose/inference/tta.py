@@ -1,0 +1,185 @@
+"""Test-time augmentation over the D4 group, batched.
+
+Each view transforms the image (``geopose.geometry.D4`` element ``(k, transpose)``: transpose
+first if asked, then ``k`` quarter turns counter-clockwise as displayed), runs the model, and
+transforms the prediction back: the AGL/MAG maps by the inverse image transform, the direction
+vector by the inverse angle rule of CONVENTIONS.md. The views are then averaged
+(:func:`geopose.inference.average.average_outputs`). Because the view set is a group, the ``d4``
+prediction is exactly equivariant to the eight D4 transforms of the input.
+
+The torch counterparts of ``geopose.geometry``'s D4 helpers live here, and only here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from geopose.geometry import D4, angle_to_vector, d4_angle, d4_angle_inverse
+from geopose.inference.average import average_outputs
+
+View = tuple[int, bool]
+"""A D4 element ``(k, transpose)`` as in :data:`geopose.geometry.D4`."""
+
+FLIPLR: View = (3, True)
+"""Mirror left-right (columns reversed) as a D4 element."""
+FLIPUD: View = (1, True)
+"""Mirror up-down (rows reversed) as a D4 element."""
+
+TTA_VIEWS: dict[str, tuple[View, ...]] = {
+    "none": ((0, False),),
+    "flip": ((0, False), FLIPLR),
+    "d2": ((0, False), (2, False), FLIPLR, FLIPUD),
+    "d4": tuple(D4),
+}
+"""View sets by name: identity; + left-right mirror; the four flips/half-turn; all eight."""
+
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Any]
+"""``forward(image B×3×H×W in [0, 1], gsd B m/px, city B long | None) -> output``."""
+
+
+def tta_views(tta: str) -> tuple[View, ...]:
+    """The D4 elements of a TTA mode (``none``, ``flip``, ``d2``, ``d4``)."""
+    try:
+        return TTA_VIEWS[tta]
+    except KeyError:
+        raise ValueError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_VIEWS)}") from None
+
+
+# --- torch D4 on the last two (row, column) axes ------------------------------------------
+
+
+def d4_tensor(x: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """Torch :func:`geopose.geometry.d4_image` on the last two axes (rows, columns)."""
+    out = x.transpose(-2, -1) if transpose else x
+    return torch.rot90(out, k, dims=(-2, -1))
+
+
+def d4_tensor_inverse(x: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """Undo :func:`d4_tensor`."""
+    out = torch.rot90(x, -k, dims=(-2, -1))
+    return out.transpose(-2, -1) if transpose else out
+
+
+@cache
+def _direction_matrix(k: int, transpose: bool, inverse: bool) -> np.ndarray:
+    """2×2 matrix acting on ``(sin a, cos a)`` column vectors, derived from the angle rules.
+
+    The angle rules (``a -> ±a + c``) are orthogonal maps of the unit vector, so the matrix's
+    columns are the images of ``e_x`` (angle π/2) and ``e_y`` (angle 0); its entries are 0/±1.
+    """
+    rule = d4_angle_inverse if inverse else d4_angle
+    cols = [angle_to_vector(rule(a, k, transpose)) for a in (math.pi / 2, 0.0)]
+    return np.rint(np.stack(cols, axis=1))
+
+
+def d4_direction(direction: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """Direction vectors (…×2, ``(sin a, cos a)``) after the D4 element (same as d4_angle)."""
+    m = torch.as_tensor(_direction_matrix(k, transpose, False), dtype=direction.dtype)
+    return direction @ m.to(direction.device).T
+
+
+def d4_direction_inverse(direction: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """Undo :func:`d4_direction` (same as d4_angle_inverse)."""
+    m = torch.as_tensor(_direction_matrix(k, transpose, True), dtype=direction.dtype)
+    return direction @ m.to(direction.device).T
+
+
+def view_shape(shape: tuple[int, int], view: View) -> tuple[int, int]:
+    """(H, W) of an H×W image after the view (odd turns xor transpose swap the axes)."""
+    k, t = view
+    return (shape[1], shape[0]) if (k % 2 == 1) != t else shape
+
+
+# --- batched TTA ----------------------------------------------------------------------------
+
+
+def _invert(out: Any, view: View, like: Any) -> Any:
+    k, t = view
+    return type(like)(
+        agl=d4_tensor_inverse(out.agl.float(), k, t),
+        mag=d4_tensor_inverse(out.mag.float(), k, t),
+        direction=d4_direction_inverse(out.direction.float(), k, t),
+        scale=out.scale.float(),
+    )
+
+
+def _slice(out: Any, sl: slice) -> Any:
+    return type(out)(
+        agl=out.agl[sl], mag=out.mag[sl], direction=out.direction[sl], scale=out.scale[sl]
+    )
+
+
+def _concat(parts: Sequence[Any]) -> Any:
+    first = parts[0]
+    return type(first)(
+        agl=torch.cat([p.agl for p in parts]),
+        mag=torch.cat([p.mag for p in parts]),
+        direction=torch.cat([p.direction for p in parts]),
+        scale=torch.cat([p.scale for p in parts]),
+    )
+
+
+def run_batched(
+    forward: Forward,
+    image: torch.Tensor,
+    gsd: torch.Tensor,
+    city: torch.Tensor | None,
+    max_batch: int,
+) -> Any:
+    """``forward`` over a batch in chunks of at most ``max_batch`` images, outputs concatenated."""
+    n = image.shape[0]
+    step = max(1, int(max_batch))
+    parts = [
+        forward(
+            image[i : i + step], gsd[i : i + step], None if city is None else city[i : i + step]
+        )
+        for i in range(0, n, step)
+    ]
+    return parts[0] if len(parts) == 1 else _concat(parts)
+
+
+def predict_tta(
+    forward: Forward,
+    image: torch.Tensor,
+    gsd: torch.Tensor,
+    city: torch.Tensor | None = None,
+    tta: str | Sequence[View] = "d4",
+    max_batch: int = 8,
+) -> Any:
+    """Predict a batch with test-time augmentation.
+
+    Args:
+        forward: the model (or ensemble) ``forward(image, gsd, city) -> output``.
+        image: B×3×H×W float in [0, 1].
+        gsd: B ground sample distances (m/px); ``city``: B long indices or None.
+        tta: a mode name (``none``, ``flip``, ``d2``, ``d4``) or a list of D4 elements.
+        max_batch: most images (views × inputs) per forward call.
+
+    Returns:
+        The averaged output (same type as ``forward``'s): ``agl``/``mag`` B×1×H×W (m, px),
+        ``direction`` B×2 unit ``(sin a, cos a)``, ``scale`` B (px/m).
+    """
+    views = tta_views(tta) if isinstance(tta, str) else tuple(tta)
+    b = image.shape[0]
+    per_view: dict[View, Any] = {}
+    # Views of one shape go through the model together (all eight for a square image).
+    groups: dict[tuple[int, int], list[View]] = {}
+    for v in views:
+        groups.setdefault(view_shape(tuple(image.shape[-2:]), v), []).append(v)
+    for group in groups.values():
+        batch = torch.cat([d4_tensor(image, *v) for v in group])
+        reps = len(group)
+        out = run_batched(
+            forward, batch, gsd.repeat(reps), None if city is None else city.repeat(reps), max_batch
+        )
+        for i, v in enumerate(group):
+            per_view[v] = _slice(out, slice(i * b, (i + 1) * b))
+    like = per_view[views[0]]
+    inverted = [_invert(per_view[v], v, like) for v in views]
+    return average_outputs(inverted)
