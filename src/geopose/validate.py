@@ -284,7 +284,7 @@ def _check_table(
     except GeoposeDataError as exc:
         report.add_error(exc, csv)
         return
-    if not folder.is_dir():
+    if not folder.is_dir() and len(df):
         report.add(folder, f"folder not found ({csv_name} lists {len(df)} image(s))")
     seen: set[str] = set()
     for i, row in enumerate(df.itertuples(index=False)):

@@ -79,6 +79,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
             path, f"unreadable or truncated image ({type(exc).__name__}: {exc})"
         ) from exc
     arr = np.asarray(arr)
+    if arr.size == 0:
+        raise GeoposeDataError(path, "unreadable or truncated image (no image data)")
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 2:
@@ -172,6 +174,8 @@ def read_agl_raw(source: str | Path | bytes, name: str | Path | None = None) -> 
             name, f"unreadable or truncated TIFF ({type(exc).__name__}: {exc})"
         ) from exc
     arr = np.asarray(arr)
+    if arr.size == 0:
+        raise GeoposeDataError(name, "unreadable or truncated TIFF (no image data)")
     if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):  # one band, band-first or last
         arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
     if arr.ndim != 2:
