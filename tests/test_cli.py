@@ -1,0 +1,74 @@
+"""The ``geopose`` command line: validate output and exit codes, errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geopose.cli.main import app, main
+from geopose.io import write_prediction
+
+runner = CliRunner()
+
+
+def test_help_lists_validate():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "validate" in result.output
+
+
+def test_validate_clean_dataset_exits_0(fake_dataset):
+    result = runner.invoke(app, ["validate", str(fake_dataset.root)])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output and "dataset" in result.output and "no problems" in result.output
+
+
+def test_validate_lists_each_problem_on_one_line_and_exits_1(tmp_path, make_fake_dataset):
+    ds = make_fake_dataset(tmp_path / "data", n_train=2, n_test=1)
+    bad_rgb, bad_json = ds.path(ds.train[0]), ds.path(ds.train[1], "VFLOW")
+    bad_rgb.write_bytes(bad_rgb.read_bytes()[:50])
+    bad_json.write_text("{")
+    result = runner.invoke(app, ["validate", str(ds.root), "-j", "1"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3, result.output  # two problems and the summary
+    assert str(bad_rgb) in lines[0] and "truncated" in lines[0]
+    assert str(bad_json) in lines[1] and "not valid JSON" in lines[1]
+    assert lines[2].startswith("2 problem(s) in 2 file(s)")
+
+
+def test_validate_predictions_with_images(tmp_path, make_fake_dataset):
+    ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=2)
+    pred = tmp_path / "pred"
+    write_prediction(pred, ds.test[0], np.ones((32, 32)), 1.0, 1.0)
+    result = runner.invoke(app, ["validate", str(pred), "--images", str(ds.root)])
+    assert result.exit_code == 1
+    assert f"{ds.test[1]}_AGL.tif: missing: no prediction for image" in result.output
+    write_prediction(pred, ds.test[1], np.ones((32, 32)), 1.0, 1.0)
+    result = runner.invoke(app, ["validate", str(pred), "--images", str(ds.root)])
+    assert result.exit_code == 0, result.output
+
+
+def test_data_error_is_one_error_line_and_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(tmp_path / "missing")])
+    assert exc.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: {tmp_path / 'missing'}: not found"
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_console_script_error_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "geopose.cli.main", "validate", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'empty'}: neither")
