@@ -1,0 +1,167 @@
+"""Benchmark ``geopose evaluate``: wall time and peak memory of the whole process tree.
+
+Generates (once) 20 images of 2048² px, 5 per city, in the competition file formats: truth and
+predictions as uint16-centimetre deflate TIFFs with ~1% missing truth pixels and realistic
+heights (blocky buildings, smooth tree canopies, lidar-like noise), plus VFLOW json files.
+Then runs ``geopose evaluate PRED TRUTH`` as a subprocess ``--repeat`` times and prints the
+wall time and the peak resident memory summed over the process tree (sampled from /proc every
+5 ms; the single-process figure is also read from ``getrusage`` of the child).
+
+    python benchmarks/bench_evaluate.py [--data DIR] [--workers N] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+CITIES = ("ARG", "ATL", "JAX", "OMA")
+
+
+def make_agl(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A realistic-looking AGL map (m, float32, NaN ~1%): buildings, trees, noise."""
+    import cv2
+
+    h = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(150, 400))):
+        rows, cols = rng.integers(10, 120, 2)
+        r, c = rng.integers(0, size, 2)
+        block = h[r : r + rows, c : c + cols]
+        np.maximum(block, rng.uniform(3, 60), out=block)
+    coarse = rng.random((size // 16, size // 16)).astype(np.float32)
+    canopy = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_LINEAR)
+    np.maximum(h, np.where(canopy > 0.7, (canopy - 0.7) * 40, 0), out=h)
+    h += rng.normal(0, 0.15, h.shape).astype(np.float32)
+    np.clip(h, 0, None, out=h)
+    h[rng.random(h.shape) < 0.01] = np.nan
+    return h
+
+
+def make_data(root: Path, size: int = 2048, per_city: int = 5, seed: int = 0) -> None:
+    """Write ``root/truth`` and ``root/pred`` (a noisy, slightly blurred prediction)."""
+    import cv2
+
+    from geopose.io import agl_name, vflow_name, write_agl, write_vflow
+
+    rng = np.random.default_rng(seed)
+    for city in CITIES:
+        for i in range(per_city):
+            stem = f"{city}_{i:04d}"
+            agl = make_agl(rng, size)
+            angle, scale = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(1, 3))
+            write_agl(root / "truth" / agl_name(stem), agl)
+            write_vflow(root / "truth" / vflow_name(stem), angle, scale)
+            pred = cv2.GaussianBlur(np.nan_to_num(agl), (0, 0), 2.0)
+            pred += rng.normal(0, 1.0, pred.shape).astype(np.float32)
+            write_agl(root / "pred" / agl_name(stem), np.clip(pred, 0, None))
+            write_vflow(
+                root / "pred" / vflow_name(stem),
+                (angle + rng.normal(0, 0.1)) % (2 * math.pi),
+                scale * rng.uniform(0.9, 1.1),
+            )
+    (root / "READY").write_text("ok\n")
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory (bytes) of ``pid`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        p = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(p)
+        rss[p] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def run_once(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall s, peak tree RSS bytes, child max RSS bytes from getrusage)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    poller.join()
+    if proc.returncode != 0:
+        sys.exit(f"geopose evaluate failed ({proc.returncode}): {err.decode()}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, peak, max(after, before) * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, help="data folder (generated there once)")
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--per-city", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=0, help="--workers of geopose evaluate")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    tmp = None
+    if args.data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_evaluate_")
+        args.data = Path(tmp.name)
+    if not (args.data / "READY").exists():
+        t0 = time.perf_counter()
+        make_data(args.data, args.size, args.per_city)
+        print(f"generated data in {time.perf_counter() - t0:.1f} s")
+    files = list((args.data / "truth").glob("*_AGL.tif"))
+    raw = sum(f.stat().st_size for f in files)
+    print(
+        f"{len(files)} images of {args.size}², truth AGL {raw / 1e6:.1f} MB compressed "
+        f"({len(files) * args.size**2 * 2 / raw:.2f}:1 deflate ratio)"
+    )
+    exe = [sys.executable, "-m", "geopose.cli.main"]
+    cmd = exe + ["evaluate", str(args.data / "pred"), str(args.data / "truth")]
+    cmd += ["--workers", str(args.workers)]
+    t_help = min(run_once(exe + ["--help"])[0] for _ in range(3))
+    print(f"geopose --help (start-up + imports): {t_help:.3f} s")
+    rows = [run_once(cmd) for _ in range(args.repeat)]
+    walls = sorted(r[0] for r in rows)
+    print(
+        f"geopose evaluate --workers {args.workers}: wall median {walls[len(walls) // 2]:.3f} s "
+        f"(min {walls[0]:.3f}, max {walls[-1]:.3f}, {args.repeat} runs)"
+    )
+    print(
+        f"peak RSS, process tree (sampled): {max(r[1] for r in rows) / 2**20:.0f} MiB; "
+        f"max RSS of the child (getrusage): {max(r[2] for r in rows) / 2**20:.0f} MiB"
+    )
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
