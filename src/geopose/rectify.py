@@ -28,9 +28,6 @@ _EMPTY = np.int64(-1)
 _SRC_BITS = 31
 _SRC_MASK = np.int64((1 << _SRC_BITS) - 1)
 
-# The four lines through a pixel (horizontal, vertical, two diagonals) as (row, col) offsets.
-_LINES = ((0, 1), (1, 0), (1, 1), (1, -1))
-_NEIGHBOURS = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
 
 
 @dataclass(frozen=True)
@@ -93,32 +90,30 @@ def _zbuffer(agl: np.ndarray, angle: float, scale: float) -> np.ndarray:
     return zbuf.reshape(h, w)
 
 
-def _shift(a: np.ndarray, dr: int, dc: int, fill) -> np.ndarray:
-    """``out[r, c] = a[r + dr, c + dc]``, ``fill`` outside the array."""
-    out = np.full_like(a, fill)
-    h, w = a.shape
-    rs, rd = (slice(dr, h), slice(0, h - dr)) if dr >= 0 else (slice(0, h + dr), slice(-dr, h))
-    cs, cd = (slice(dc, w), slice(0, w - dc)) if dc >= 0 else (slice(0, w + dc), slice(-dc, w))
-    out[rd, cd] = a[rs, cs]
+def _max3x3(a: np.ndarray) -> np.ndarray:
+    """Maximum over each pixel's 3×3 neighbourhood (separable, edges use what exists)."""
+    rows = a.copy()
+    np.maximum(rows[1:], a[:-1], out=rows[1:])
+    np.maximum(rows[:-1], a[1:], out=rows[:-1])
+    out = rows.copy()
+    np.maximum(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], rows[:, 1:], out=out[:, :-1])
     return out
 
 
 def _fill_gaps(zbuf: np.ndarray) -> np.ndarray:
-    """Fill one-pixel gaps (empty pixels whose two neighbours on a line through them are both
-    reached) with the tallest reached 8-neighbour; returns the filled mask. Edits ``zbuf``."""
+    """Fill one-pixel gaps (empty pixels whose two neighbours on a line through them, horizontal,
+    vertical or diagonal, are both reached) with the tallest reached 8-neighbour; returns the
+    filled mask. Edits ``zbuf``."""
     reached = zbuf != _EMPTY
     gap = np.zeros_like(reached)
-    for dr, dc in _LINES:
-        gap |= _shift(reached, dr, dc, False) & _shift(reached, -dr, -dc, False)
+    gap[:, 1:-1] |= reached[:, :-2] & reached[:, 2:]
+    gap[1:-1, :] |= reached[:-2, :] & reached[2:, :]
+    gap[1:-1, 1:-1] |= reached[:-2, :-2] & reached[2:, 2:]
+    gap[1:-1, 1:-1] |= reached[:-2, 2:] & reached[2:, :-2]
     gap &= ~reached
-    rows, cols = np.nonzero(gap)
-    if rows.size:
-        h, w = zbuf.shape
-        padded = np.pad(zbuf, 1, constant_values=_EMPTY)
-        best = np.full(rows.size, _EMPTY, dtype=np.int64)
-        for dr, dc in _NEIGHBOURS:
-            np.maximum(best, padded[rows + 1 + dr, cols + 1 + dc], out=best)
-        zbuf[rows, cols] = best
+    if gap.any():
+        zbuf[gap] = _max3x3(zbuf)[gap]
     return gap
 
 
@@ -145,13 +140,16 @@ def rectify(
     zbuf = _zbuffer(agl, angle, scale)
     filled = _fill_gaps(zbuf) if fill_holes else np.zeros(agl.shape, dtype=bool)
     occluded = zbuf == _EMPTY
-    src = np.where(occluded, 0, zbuf & _SRC_MASK).ravel()
-    out_agl = agl.ravel()[src].reshape(agl.shape)
-    out_agl[occluded] = np.nan
+    # Empty pixels (key -1) decode to the largest index; clipping sends them to a sentinel
+    # appended after the last pixel (NaN height, black colour).
+    n = agl.size
+    src = np.minimum(zbuf.ravel() & _SRC_MASK, n)
+    out_agl = np.take(np.append(agl.ravel(), np.float32(np.nan)), src).reshape(agl.shape)
     out_rgb = None
     if rgb is not None:
-        out_rgb = np.asarray(rgb).reshape(-1, rgb.shape[-1])[src].reshape(rgb.shape)
-        out_rgb[occluded] = 0
+        flat = np.asarray(rgb).reshape(n, -1)
+        flat = np.concatenate([flat, np.zeros((1, flat.shape[1]), flat.dtype)])
+        out_rgb = np.take(flat, src, axis=0).reshape(rgb.shape)
     return Rectified(rgb=out_rgb, agl=out_agl, occluded=occluded, filled=filled)
 
 
