@@ -29,7 +29,6 @@ _SRC_BITS = 31
 _SRC_MASK = np.int64((1 << _SRC_BITS) - 1)
 
 
-
 @dataclass(frozen=True)
 class Rectified:
     """A nadir view on the input's pixel grid.
