@@ -38,8 +38,14 @@ def weighted_mean(values: Sequence[torch.Tensor], weights=None) -> torch.Tensor:
 
 
 def mean_direction(directions: Sequence[torch.Tensor], weights=None) -> torch.Tensor:
-    """Weighted mean of direction vectors (each …×2) as unit vectors, renormalised."""
-    return unit(weighted_mean([unit(d) for d in directions], weights))
+    """Weighted mean of direction vectors (each …×2) as unit vectors, renormalised.
+
+    Computed in float64 (returned in the input dtype): when the vectors nearly cancel, the
+    renormalisation magnifies rounding errors.
+    """
+    dtype = directions[0].dtype
+    mean = weighted_mean([unit(d.double()) for d in directions], weights)
+    return unit(mean).to(dtype)
 
 
 def average_outputs(outputs: Sequence[Any], weights=None) -> Any:
