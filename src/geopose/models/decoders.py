@@ -98,7 +98,9 @@ class UnetDecoder(nn.Module):
             raise ConfigError(f"unknown decoder kind {kind!r}; choose one of {sorted(BLOCKS)}")
         deepest = encoder_reductions[-1]
         if output_stride < 1 or deepest % output_stride or output_stride & (output_stride - 1):
-            raise ConfigError(f"decoder output_stride {output_stride} must be a power of 2 ≤ {deepest}")
+            raise ConfigError(
+                f"decoder output_stride {output_stride}: need a power of 2 ≤ {deepest}"
+            )
         n_blocks = int(round(math.log2(deepest // output_stride)))
         if len(channels) < n_blocks:
             raise ConfigError(

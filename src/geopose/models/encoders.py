@@ -32,8 +32,11 @@ class Encoder(nn.Module):
         info = self.model.feature_info
         channels, reductions = list(info.channels()), list(info.reduction())
         # Keep the deepest map of each stride (a few backbones emit two maps at one stride).
-        keep = [i for i in range(len(reductions)) if i + 1 == len(reductions)
-                or reductions[i + 1] != reductions[i]]
+        keep = [
+            i
+            for i in range(len(reductions))
+            if i + 1 == len(reductions) or reductions[i + 1] != reductions[i]
+        ]
         self._keep = keep
         self.channels: list[int] = [channels[i] for i in keep]
         self.reductions: list[int] = [reductions[i] for i in keep]
@@ -52,7 +55,7 @@ class Encoder(nn.Module):
 def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, features_only=True)`` with geopose errors for bad names."""
     if not timm.is_model(name):
-        raise ConfigError(f"unknown encoder {name!r}: not a timm model name (see timm.list_models())")
+        raise ConfigError(f"unknown encoder {name!r}: not a timm model name (timm.list_models())")
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -61,4 +64,5 @@ def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
                 f"encoder {name!r}: pretrained weights could not be loaded ({exc}); "
                 "set pretrained: false or make the weights available offline"
             ) from exc
-        raise ConfigError(f"encoder {name!r} cannot be built with features_only=True: {exc}") from exc
+        problem = f"encoder {name!r} cannot be built with features_only=True: {exc}"
+        raise ConfigError(problem) from exc

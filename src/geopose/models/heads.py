@@ -228,7 +228,9 @@ class DenseOrientationHead(nn.Module):
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
         self.detach_agl = bool(detach_agl)
 
-    def forward(self, dec: torch.Tensor, agl: torch.Tensor, pad_hw: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, dec: torch.Tensor, agl: torch.Tensor, pad_hw: tuple[int, int]
+    ) -> torch.Tensor:
         """Decoder map (padded, stride s), AGL B×1×H×W (m, cropped), padded size -> B×2 unit."""
         v = F.interpolate(self.field(dec), size=pad_hw, mode="bilinear", align_corners=False)
         v = F.normalize(v[:, :, : agl.shape[2], : agl.shape[3]], dim=1, eps=1e-6)

@@ -163,7 +163,9 @@ class GeoposeLoss(nn.Module):
         if c["flow"] is not None or c["vflow"] is not None:
             true_flow = _true_flow(batch)
             if c["flow"] is not None:
-                pred = out.flow if out.flow is not None else out.mag * out.direction[:, :, None, None]
+                pred = out.flow
+                if pred is None:
+                    pred = out.mag * out.direction[:, :, None, None]
                 parts["flow"] = masked_loss(pred, true_flow, **_dense_args(c["flow"]))
             if c["vflow"] is not None:
                 pred = out.agl * (out.scale[:, None] * out.direction)[:, :, None, None]

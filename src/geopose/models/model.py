@@ -141,7 +141,7 @@ def _check_consistency(cfg: dict) -> None:
     if s not in SCALE_KINDS:
         raise ConfigError(f"model.scale.kind {s!r} is not one of {list(SCALE_KINDS)}")
     if "flow" in (d, s) and cfg["flow"] is None:
-        raise ConfigError("model: direction/scale kind 'flow' needs a flow head (model.flow: {...})")
+        raise ConfigError("model: direction/scale kind 'flow' needs a flow head (model.flow)")
     if s == "lstsq" and cfg["mag"] is None and cfg["flow"] is None:
         raise ConfigError("model.scale.kind 'lstsq' needs a mag head (model.mag: {...})")
     if not isinstance(cfg["encoder"], str):
@@ -160,8 +160,9 @@ class GeoposeModel(nn.Module):
         super().__init__()
         self.config = resolve_model_config(cfg)
         c = self.config
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", std.reshape(1, 3, 1, 1), persistent=False)
         self.encoder = Encoder(c["encoder"], pretrained=c["pretrained"], **c["encoder_kwargs"])
         dec = c["decoder"]
         self.decoder = UnetDecoder(
@@ -312,18 +313,21 @@ def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> Ge
     return GeoposeModel(deep_merge(model_cfg, overrides))
 
 
+_UNREADABLE = "not a readable PyTorch checkpoint ({})"
+
+
 def _read_checkpoint(path: Path, map_location) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
         if "weights_only" not in str(exc):
-            raise GeoposeDataError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+            raise GeoposeDataError(path, _UNREADABLE.format(type(exc).__name__)) from exc
     # A Lightning checkpoint may pickle harmless objects the safe loader refuses; our own
     # training writes it, so allow full unpickling for local files.
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise GeoposeDataError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+        raise GeoposeDataError(path, _UNREADABLE.format(type(exc).__name__)) from exc
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[GeoposeModel, dict]:
@@ -343,10 +347,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[Geopos
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise GeoposeDataError(path, "not a geopose checkpoint (no state_dict)")
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         model = create_model(config)
         model.load_state_dict(weights, strict=True)
     except (RuntimeError, ConfigError) as exc:
-        raise GeoposeDataError(path, f"weights do not fit the checkpoint's model config: {exc}") from exc
+        problem = f"weights do not fit the checkpoint's model config: {str(exc)[:300]}"
+        raise GeoposeDataError(path, problem) from exc
     return model.eval(), config

@@ -1,0 +1,66 @@
+"""ONNX export: `geopose export` on a checkpoint writes a model whose outputs match PyTorch
+within 1e-4 under onnxruntime, at the export size and at another size and batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geopose.cli.main import main
+from geopose.models import create_model, load_recipe
+from geopose.models.export import onnx_parity
+
+
+def _cli(*args: str) -> int:
+    """Run ``geopose ARGS`` in-process; the exit code."""
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The cpu_small recipe as a hand-made Lightning-format checkpoint, exported by the CLI."""
+    tmp = tmp_path_factory.mktemp("export")
+    config = load_recipe("cpu_small")
+    torch.manual_seed(0)
+    model = create_model(config).eval()
+    # Non-trivial BatchNorm statistics, as after training.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ckpt = tmp / "cpu_small.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": state}, ckpt)
+    out = tmp / "cpu_small.onnx"
+    assert _cli("export", str(ckpt), str(out), "--size", "64") == 0
+    return model, ckpt, out
+
+
+def test_onnx_matches_pytorch_on_cpu_small(exported):
+    model, _, onnx_path = exported
+    assert onnx_path.stat().st_size > 1_000_000
+    diffs = onnx_parity(model, onnx_path, size=64, batch=2)
+    assert set(diffs) == {"agl", "mag", "direction", "scale", "flow"}
+    assert max(diffs.values()) < 1e-4, diffs
+    # Dynamic axes: another batch and size (a multiple of 32).
+    diffs = onnx_parity(model, onnx_path, size=96, batch=3)
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_export_refuses_to_overwrite(exported, capsys):
+    _, ckpt, onnx_path = exported
+    before = onnx_path.stat().st_mtime_ns
+    assert _cli("export", str(ckpt), str(onnx_path), "--size", "64") == 1
+    assert "exists already" in capsys.readouterr().err
+    assert onnx_path.stat().st_mtime_ns == before
+
+
+def test_export_of_a_corrupt_checkpoint_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert _cli("export", str(bad), str(tmp_path / "x.onnx")) == 1
+    err = capsys.readouterr().err
+    assert "bad.ckpt" in err and "not a readable PyTorch checkpoint" in err
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,249 @@
+"""Models: every recipe and encoder builds and returns geopose outputs of the right shape and
+unit; heads obey their physics (GSD, least squares, flow); recipes and checkpoints load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from geopose.errors import ConfigError, GeoposeDataError
+from geopose.models import (
+    Encoder,
+    GeoposeLoss,
+    GeoposeOutput,
+    create_model,
+    list_recipes,
+    load_checkpoint,
+    load_recipe,
+)
+from geopose.models.heads import flow_pose, gradient_magnitude, lstsq_scale
+
+RECIPES = ["baseline", "bloodaxe_b6_rdtsc", "bloodaxe_b7", "cpu_small", "kbrodt", "selim"]
+ENCODERS = [
+    "resnet18",
+    "resnet34",
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "tf_efficientnetv2_l",
+    "legacy_senet154",
+]
+# A tiny model for the physics tests (fast on 2 cores).
+TINY = {
+    "encoder": "resnet18",
+    "decoder": {"channels": [32, 16, 16], "output_stride": 4},
+    "agl": {"channels": 8},
+    "mag": {"channels": 8},
+}
+
+
+def _inputs(b: int = 2, h: int = 64, w: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.rand(b, 3, h, w, generator=g),
+        torch.tensor([0.3, 0.5][:b]),
+        torch.tensor([0, -1][:b]),
+    )
+
+
+def _batch(b: int, h: int, w: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    agl = torch.rand(b, 1, h, w, generator=g) * 20
+    angle = torch.rand(b, generator=g) * 2 * math.pi
+    scale = 0.5 + torch.rand(b, generator=g)
+    agl[:, :, :5, :5] = float("nan")
+    return {
+        "agl": agl,
+        "mag": agl * scale[:, None, None, None],
+        "direction": torch.stack([torch.sin(angle), torch.cos(angle)], 1),
+        "scale": scale,
+        "gsd": torch.full((b,), 0.4),
+        "city": torch.tensor([0, 3][:b]),
+    }
+
+
+def test_list_recipes_has_every_reference_architecture():
+    assert set(RECIPES) <= set(list_recipes())
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_builds_gives_geopose_outputs_and_trains_its_encoder(recipe):
+    torch.manual_seed(0)
+    model = create_model(recipe)
+    image, gsd, city = _inputs(2, 64, 64)
+    out = model(image, gsd, city)
+    assert isinstance(out, GeoposeOutput)
+    assert out.agl.shape == (2, 1, 64, 64) and out.mag.shape == (2, 1, 64, 64)
+    assert out.direction.shape == (2, 2) and out.scale.shape == (2,)
+    torch.testing.assert_close(out.direction.norm(dim=1), torch.ones(2))
+    assert torch.isfinite(out.agl).all() and torch.isfinite(out.scale).all()
+    if model.config["scale"]["kind"] != "lstsq":  # regressed / flow scales are |v| or softplus
+        assert (out.scale >= 0).all()
+    total, parts = GeoposeLoss(load_recipe(recipe)["loss"])(out, _batch(2, 64, 64))
+    assert torch.isfinite(total) and {"agl", "direction", "scale"} <= set(parts)
+    total.backward()
+    first = next(p for p in model.encoder.parameters() if p.requires_grad)
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_encoder_builds_by_name_and_gives_a_stride_pyramid(name):
+    enc = Encoder(name).eval()
+    assert enc.reductions == [2, 4, 8, 16, 32]
+    with torch.no_grad():
+        feats = enc(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == enc.channels
+    assert [64 // f.shape[-1] for f in feats] == enc.reductions
+
+
+def test_unknown_encoder_and_bad_keys_are_config_errors():
+    with pytest.raises(ConfigError, match="not_a_net"):
+        create_model(dict(TINY, encoder="not_a_net"))
+    with pytest.raises(ConfigError, match="colour"):
+        create_model(dict(TINY, colour="red"))
+    with pytest.raises(ConfigError, match="flow head"):
+        create_model(dict(TINY, direction={"kind": "flow"}))
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        load_recipe("no_such_recipe")
+
+
+def test_swapping_the_encoder_is_one_string():
+    model = create_model("baseline", encoder="mobilenetv3_large_100")
+    assert model.encoder.name == "mobilenetv3_large_100"
+    assert model.config["decoder"]["kind"] == "unet"
+
+
+def test_recipe_extends_inherits_and_overrides():
+    r = load_recipe("bloodaxe_b6_rdtsc")
+    assert r["model"]["encoder"] == "efficientnet_b6"
+    assert r["model"]["decoder"]["kind"] == "residual_deconv"
+    assert r["loss"]["agl"] == {"kind": "huber", "delta": 10.0, "weight": 1.0}
+    assert r["model"]["agl"]["gsd"] == "both"  # from bloodaxe_b7
+
+
+def test_recipe_from_a_yaml_path_and_bad_yaml(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("extends: cpu_small\nmodel: {decoder: {channels: [16, 16, 16]}}\n")
+    assert load_recipe(good)["model"]["encoder"] == "resnet18"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(GeoposeDataError, match="bad.yaml"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("hw", [(50, 70), (32, 160)])
+def test_any_size_is_padded_and_cropped_back(hw):
+    model = create_model(TINY).eval()
+    image = torch.rand(1, 3, *hw)
+    with torch.no_grad():
+        out = model(image, torch.tensor([0.3]))
+    assert out.agl.shape == (1, 1, *hw) and out.mag.shape == (1, 1, *hw)
+
+
+def test_gsd_multiply_turns_ground_pixels_into_metres():
+    """With gsd='multiply' the AGL is proportional to the GSD; scale 'divide' is ∝ 1/GSD."""
+    cfg = dict(TINY, agl={"channels": 8, "gsd": "multiply"})
+    cfg["scale"] = {"kind": "regress", "gsd": "divide", "hidden": 16}
+    model = create_model(cfg).eval()
+    image = torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        out = model(image, torch.tensor([0.3, 0.6]))
+    torch.testing.assert_close(out.agl[1], 2 * out.agl[0])
+    torch.testing.assert_close(out.scale[1], out.scale[0] / 2)
+
+
+def test_gsd_and_city_change_the_prediction_when_used():
+    model = create_model("cpu_small", decoder={"channels": [16, 16, 16]}).eval()
+    image = torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        by_gsd = model(image, torch.tensor([0.3, 0.6]), torch.tensor([1, 1]))
+        by_city = model(image, torch.tensor([0.3, 0.3]), torch.tensor([1, 2]))
+    assert not torch.allclose(by_gsd.agl[0], by_gsd.agl[1])
+    assert not torch.allclose(by_city.agl[0], by_city.agl[1])
+    with pytest.raises(ValueError, match="gsd"):
+        model(image)
+
+
+def test_flow_least_squares_recovers_direction_and_scale():
+    """flow = agl · scale · (sin a, cos a) exactly -> the fit returns a and scale."""
+    agl = torch.rand(2, 1, 16, 16) * 30
+    a = torch.tensor([0.3, 4.0])
+    scale = torch.tensor([1.7, 0.4])
+    d = torch.stack([torch.sin(a), torch.cos(a)], 1)
+    flow = agl * (scale[:, None] * d)[:, :, None, None]
+    direction, s, mag = flow_pose(flow, agl)
+    torch.testing.assert_close(direction, d)
+    torch.testing.assert_close(s, scale)
+    torch.testing.assert_close(mag, agl * scale[:, None, None, None])
+    torch.testing.assert_close(lstsq_scale(mag, agl), scale)
+
+
+def test_flow_pose_direction_is_unit_even_for_a_flat_scene():
+    direction, scale, _ = flow_pose(torch.zeros(1, 2, 8, 8), torch.zeros(1, 1, 8, 8))
+    torch.testing.assert_close(direction.norm(dim=1), torch.ones(1))
+    assert scale.item() < 1e-3
+
+
+def test_kbrodt_mag_is_agl_times_scale():
+    model = create_model("kbrodt", encoder="resnet18", decoder={"channels": [16, 16, 16]}).eval()
+    image, gsd, city = _inputs()
+    with torch.no_grad():
+        out = model(image, gsd, city)
+    torch.testing.assert_close(out.mag, out.agl * out.scale[:, None, None, None])
+
+
+def test_dense_attention_follows_the_agl_edges():
+    """Gradient magnitude of a step of 10 m is largest on the step, zero on flat parts."""
+    agl = torch.zeros(1, 1, 8, 8)
+    agl[..., 4:] = 10.0
+    g = gradient_magnitude(agl)[0, 0]
+    assert g[:, 3:5].min() > 1.0 and g[:, :2].max() < 1e-5 and g[:, 6:].max() < 1e-5
+
+
+def _tiny_checkpoint(tmp_path, recipe: str = "cpu_small"):
+    config = load_recipe(recipe)
+    config["model"] = dict(config["model"], decoder={"channels": [16, 16, 16]})
+    model = create_model(config).eval()
+    ckpt = {
+        "epoch": 3,
+        "pytorch-lightning_version": "2.6.0",
+        "hyper_parameters": {"config": config},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "optimizer_states": [],
+    }
+    path = tmp_path / "tiny.ckpt"
+    torch.save(ckpt, path)
+    return path, model, config
+
+
+def test_load_checkpoint_rebuilds_the_same_model(tmp_path):
+    path, model, config = _tiny_checkpoint(tmp_path)
+    loaded, cfg = load_checkpoint(path)
+    assert cfg == config and not loaded.training
+    image, gsd, city = _inputs()
+    with torch.no_grad():
+        a, b = model(image, gsd, city), loaded(image, gsd, city)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    path, _, _ = _tiny_checkpoint(tmp_path)
+    corrupt = tmp_path / "corrupt.ckpt"  # a checkpoint cut short, as by a full disk
+    corrupt.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(GeoposeDataError, match="corrupt.ckpt.*not a readable"):
+        load_checkpoint(corrupt)
+    with pytest.raises(GeoposeDataError, match="missing.ckpt"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(GeoposeDataError, match="other.ckpt.*not a geopose checkpoint"):
+        load_checkpoint(other)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, tmp_path / "partial.ckpt")
+    with pytest.raises(GeoposeDataError, match="partial.ckpt.*do not fit"):
+        load_checkpoint(tmp_path / "partial.ckpt")
