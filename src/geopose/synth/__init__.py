@@ -13,6 +13,7 @@ from geopose.synth.cities import (
     draw_geometry,
     get_style,
 )
+from geopose.synth.dataset import TruthOptions, render_image, write_dataset
 from geopose.synth.render import Rendered, render
 from geopose.synth.scene import Scene, make_scene
 
@@ -22,9 +23,12 @@ __all__ = [
     "CityStyle",
     "Rendered",
     "Scene",
+    "TruthOptions",
     "ViewGeometry",
     "draw_geometry",
     "get_style",
     "make_scene",
     "render",
+    "render_image",
+    "write_dataset",
 ]

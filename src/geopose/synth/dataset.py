@@ -1,0 +1,323 @@
+"""Write a synthetic data set in the competition layout (``geopose synth``).
+
+Layout written under ``out`` (see CONVENTIONS.md)::
+
+    metadata.csv  geopose_train.csv  geopose_test.csv
+    train/{CITY}_{ID}_RGB.j2k  _AGL.tif  _VFLOW.json   [+ _NADIR_AGL.tif _NADIR_RGB.png]
+    test/{CITY}_{ID}_RGB.j2k
+    test_truth/{CITY}_{ID}_AGL.tif  _VFLOW.json
+    test_nadir/{CITY}_{ID}_NADIR_AGL.tif  _NADIR_RGB.png          (with ``nadir=True``)
+    synth_views.csv   per image: split, city, gsd, angle, scale, sun, elevation, pass
+    synth.json        the generator's parameters
+
+Every image is drawn from its own random stream, seeded by (seed, split, index), so the
+output does not depend on the number of workers and the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geopose.errors import OutputExistsError
+from geopose.io import (
+    agl_name,
+    rgb_name,
+    split_name,
+    vflow_name,
+    write_agl,
+    write_rgb,
+    write_text_atomic,
+    write_vflow,
+)
+from geopose.io.tables import METADATA_CSV, TEST_CSV, TRAIN_CSV
+from geopose.synth.cities import CITY_CODES, draw_geometry, get_style
+from geopose.synth.render import Rendered, render
+from geopose.synth.scene import KIND_BUILDING, KIND_WATER, make_scene, value_noise
+
+SPLIT_CODES = {"train": 0, "test": 1}
+OUTPUT_DIRS = ("train", "test", "test_truth", "test_nadir")
+
+
+@dataclass(frozen=True)
+class TruthOptions:
+    """Data troubles of the truth, as in the real LiDAR-derived AGL.
+
+    ``missing``: LiDAR-like voids (small clusters, ~0.5 % of pixels, and most water) become
+    NaN (65535 in files). ``speckle``: share of pixels whose AGL gets a spurious error of a few
+    metres. ``hidden``: share of buildings present in the AGL but missing from the RGB (built
+    between the LiDAR and the image).
+    """
+
+    missing: bool = True
+    speckle: float = 0.0
+    hidden: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    split: str
+    index: int
+    city: str
+    size: int
+    seed: int
+    out: str
+    nadir: bool
+    uniform_angles: bool
+    truth: TruthOptions
+    j2k_psnr: float
+
+
+def image_id(split: str, index: int) -> str:
+    """The csv id of an image: ``train00042`` / ``test00007`` (stem ``{CITY}_{id}``)."""
+    return f"{split}{index:05d}"
+
+
+def _streams(seed: int, split: str, index: int) -> list[int]:
+    """Independent integer seeds (scene, geometry, sensor, truth) of one image."""
+    ss = np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(index)])
+    return [int(x) for x in ss.generate_state(4, dtype=np.uint64)]
+
+
+def degrade_truth(
+    agl: np.ndarray, kind: np.ndarray, rng: np.random.Generator, opts: TruthOptions
+) -> np.ndarray:
+    """Apply the truth troubles of ``opts`` to a clean AGL (m); returns a new float32 array."""
+    out = agl.astype(np.float32, copy=True)
+    n = out.shape[0]
+    if opts.missing:
+        blobs = value_noise(rng, n, 6.0, 1) > 2.5
+        water = (kind == KIND_WATER) & (rng.random() < 0.8)
+        out[blobs | water] = np.nan
+    if opts.speckle > 0:
+        hit = rng.random(out.shape) < opts.speckle
+        out[hit] = np.maximum(out[hit] + rng.normal(0.0, 3.0, int(hit.sum())), 0.0)
+    return out
+
+
+def render_image(
+    city: str,
+    size: int,
+    seeds: Sequence[int],
+    uniform_angles: bool = False,
+    truth: TruthOptions | None = None,
+):
+    """Draw and render one image: returns (scene, view geometry, Rendered, degraded AGL).
+
+    With ``truth.hidden`` > 0 some buildings are removed from the RGB (and from its shadows)
+    but kept in the AGL.
+    """
+    truth = truth or TruthOptions()
+    scene = make_scene(city, size, seeds[0])
+    geo = draw_geometry(city, np.random.default_rng(seeds[1]), uniform_angles)
+    rng = np.random.default_rng(seeds[3])
+    args = dict(sensor=True, seed=seeds[2], elevation=geo.elevation)
+    full = render(scene, geo.angle, geo.scale, geo.sun, **args)
+    shown = full
+    if truth.hidden > 0:
+        ids = np.unique(
+            scene.crop(scene.layers["obj"])[scene.crop(scene.layers["kind"]) == KIND_BUILDING]
+        )
+        gone = ids[rng.random(ids.size) < truth.hidden]
+        if gone.size:
+            shown = render(scene.without_objects(gone), geo.angle, geo.scale, geo.sun, **args)
+    agl = degrade_truth(full.agl, full.kind, rng, truth)
+    rendered = Rendered(
+        rgb=shown.rgb,
+        agl=full.agl,
+        nadir_agl=full.nadir_agl,
+        nadir_rgb=shown.nadir_rgb,
+        angle=full.angle,
+        scale=full.scale,
+        sun=full.sun,
+        kind=full.kind,
+        obj=full.obj,
+        facade=full.facade,
+    )
+    return scene, geo, rendered, agl
+
+
+def _write_image(job: _Job) -> dict:
+    """Render one image and write its files; returns its row of ``synth_views.csv``."""
+    seeds = _streams(job.seed, job.split, job.index)
+    scene, geo, r, agl = render_image(job.city, job.size, seeds, job.uniform_angles, job.truth)
+    out = Path(job.out)
+    iid = image_id(job.split, job.index)
+    stem = f"{job.city}_{iid}"
+    img_dir = out / job.split
+    truth_dir = out / ("train" if job.split == "train" else "test_truth")
+    write_rgb(img_dir / rgb_name(stem), r.rgb, quality=job.j2k_psnr)
+    write_agl(truth_dir / agl_name(stem), agl)
+    write_vflow(truth_dir / vflow_name(stem), geo.angle, geo.scale)
+    if job.nadir:
+        nadir_dir = out / ("train" if job.split == "train" else "test_nadir")
+        write_agl(nadir_dir / f"{stem}_NADIR_AGL.tif", r.nadir_agl)
+        write_rgb(nadir_dir / f"{stem}_NADIR_RGB.png", r.nadir_rgb)
+    valid = np.isfinite(agl)
+    return {
+        "id": iid,
+        "city": job.city,
+        "split": job.split,
+        "gsd": scene.gsd,
+        "angle": geo.angle,
+        "scale": geo.scale,
+        "sun": geo.sun,
+        "elevation": geo.elevation,
+        "pass": geo.pass_index,
+        "mean_agl": float(agl[valid].mean()) if valid.any() else float("nan"),
+        "missing": float(1.0 - valid.mean()),
+        "facade": float(r.facade.mean()),
+    }
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``; then clear our earlier outputs."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(out)
+        for sub in OUTPUT_DIRS:
+            for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
+                if f.is_file() and split_name(f) is not None:
+                    f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
+    views = pd.DataFrame(rows)
+    stems = views["city"] + "_" + views["id"]
+    train = views["split"] == "train"
+    meta = views[["id", "city", "gsd"]]
+    tr = pd.DataFrame(
+        {
+            "id": views.loc[train, "id"],
+            "agl": stems[train].map(agl_name),
+            "json": stems[train].map(vflow_name),
+            "rgb": stems[train].map(rgb_name),
+        }
+    )
+    te = pd.DataFrame({"id": views.loc[~train, "id"], "rgb": stems[~train].map(rgb_name)})
+    return {METADATA_CSV: meta, TRAIN_CSV: tr, TEST_CSV: te, "synth_views.csv": views}
+
+
+def write_dataset(
+    out: str | Path,
+    n_train: int,
+    n_test: int,
+    size: int,
+    seed: int,
+    cities: Sequence[str] | None = None,
+    workers: int = 1,
+    nadir: bool = False,
+    uniform_angles: bool = False,
+    overwrite: bool = False,
+    truth: TruthOptions | None = None,
+    j2k_psnr: float = 40.0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Write a synthetic data set to ``out`` (see the module docstring); returns the per-image
+    table (``synth_views.csv``).
+
+    Images cycle through ``cities`` (default: all four). ``workers`` processes render in
+    parallel (0 = one per CPU). ``uniform_angles`` draws angles uniformly instead of from the
+    cities' passes. ``j2k_psnr``: JPEG 2000 quality (dB). ``progress`` shows a rich bar.
+    Raises :class:`OutputExistsError` if ``out`` is not empty and ``overwrite`` is False.
+    """
+    cities = tuple(cities) if cities else CITY_CODES
+    for c in cities:
+        get_style(c)
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise ValueError(f"need at least one image (train={n_train}, test={n_test})")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 px, got {size}")
+    out = Path(out)
+    truth = truth or TruthOptions()
+    _prepare_out(out, overwrite)
+    jobs = [
+        _Job(
+            split,
+            k,
+            cities[k % len(cities)],
+            size,
+            seed,
+            str(out),
+            nadir,
+            uniform_angles,
+            truth,
+            j2k_psnr,
+        )
+        for split, n in (("train", n_train), ("test", n_test))
+        for k in range(n)
+    ]
+    workers = (os.cpu_count() or 1) if workers <= 0 else workers
+    workers = max(1, min(workers, len(jobs)))
+    t0 = time.perf_counter()
+    rows = _run_jobs(jobs, workers, progress)
+    tables = _tables(rows)
+    for name, df in tables.items():
+        write_text_atomic(out / name, df.to_csv(index=False))
+    info = {
+        "generator": "geopose synth",
+        "n_train": n_train,
+        "n_test": n_test,
+        "size": size,
+        "seed": seed,
+        "cities": list(cities),
+        "nadir": nadir,
+        "uniform_angles": uniform_angles,
+        "truth": asdict(truth),
+        "j2k_psnr": j2k_psnr,
+    }
+    write_text_atomic(out / "synth.json", json.dumps(info, indent=2) + "\n")
+    views = tables["synth_views.csv"]
+    views.attrs["seconds"] = time.perf_counter() - t0
+    return views
+
+
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=False,
+    )
+    rows: list[dict] = []
+    with bar:
+        task = bar.add_task("synth", total=len(jobs))
+        if workers == 1:
+            for job in jobs:
+                rows.append(_write_image(job))
+                bar.advance(task)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as ex:
+                for row in ex.map(_write_image, jobs, chunksize=1):
+                    rows.append(row)
+                    bar.advance(task)
+    return rows
+
+
+def mean_agl_by_city(views: pd.DataFrame) -> dict[str, float]:
+    """Mean AGL (m) per city of a ``synth_views`` table (image means averaged)."""
+    return {c: float(g["mean_agl"].mean()) for c, g in views.groupby("city")}
