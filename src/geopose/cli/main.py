@@ -17,6 +17,7 @@ from geopose.cli import evaluate  # noqa: E402, F401  isort: skip
 from geopose.cli import rectify  # noqa: E402, F401  isort: skip
 from geopose.cli import report, show  # noqa: E402, F401  isort: skip
 from geopose.cli import predict  # noqa: E402, F401  isort: skip
+from geopose.cli import synth  # noqa: E402, F401  isort: skip
 
 
 def _print_version(value: bool) -> None:
