@@ -118,8 +118,9 @@ def image_stats(
     sp = float(scale_pred) * unit  # px per working unit
     st = float(scale_true) * unit
     ds = sp - st
-    cos_d = math.cos(float(angle_pred) - float(angle_true))
-    k = 2.0 * (1.0 - cos_d) * sp * st  # cross term of |sp·p·u_p - st·t·u_t|²
+    # cross term of |sp·p·u_p - st·t·u_t|²: 2 (1 - cos δ) sp st = 4 sin²(δ/2) sp st, a form
+    # that is exactly 0 for equal angles and accurate for small differences
+    k = 4.0 * math.sin((float(angle_pred) - float(angle_true)) / 2.0) ** 2 * sp * st
     rows = max(1, _CHUNK_PIXELS // max(1, agl_true.shape[1]))
     # n, Σt, Σt², Σd², Σdt, Σ|d|, Σepe, pred-NaN  (d = p - t, working units)
     acc = np.zeros(8, dtype=np.float64)

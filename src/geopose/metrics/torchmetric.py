@@ -82,7 +82,7 @@ def batch_stats(
     cos_d = (u_p * u_t).sum(1)
     sin_d = u_p[:, 0] * u_t[:, 1] - u_p[:, 1] * u_t[:, 0]
     ds = sp - st
-    k = 2.0 * (1.0 - cos_d) * sp * st
+    k = (u_p - u_t).square().sum(1) * sp * st  # = 2 (1 - cos δ) sp st, stable for small δ
     e = (sp[:, None] * d + ds[:, None] * t).square() + k[:, None] * p * t
     out = torch.zeros(p.shape[0], N_FIELDS, dtype=torch.float64, device=p.device)
     out[:, IDX["images"]] = 1.0
