@@ -12,6 +12,7 @@ from geopose.errors import GeoposeError
 
 # Each import registers its command(s) on ``app``.
 from geopose.cli import validate  # noqa: E402, F401  isort: skip
+from geopose.cli import prepare, train  # noqa: E402, F401  isort: skip
 from geopose.cli import export  # noqa: E402, F401  isort: skip
 from geopose.cli import evaluate  # noqa: E402, F401  isort: skip
 from geopose.cli import rectify  # noqa: E402, F401  isort: skip

@@ -1,0 +1,61 @@
+"""``geopose prepare DATA --out CACHE``: convert a data set once into a fast training cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from geopose.cli.app import app, console, err_console
+
+
+@app.command()
+def prepare(
+    data: Path = typer.Argument(..., help="Data folder in the competition layout."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create."),
+    downsample: int = typer.Option(
+        1, "--downsample", min=1, help="Shrink images by this integer factor (GSD × f, scale / f)."
+    ),
+    split: str = typer.Option("all", "--split", help="train, test or all."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Decoding processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache."),
+) -> None:
+    """Convert a data set once into a fast training cache.
+
+    Decodes the JPEG 2000 / TIFF images into uncompressed .npy files, so training reads
+    a random crop by memory-mapping instead of decoding a whole 2048² image. Train on it with
+    ``geopose train --data CACHE``. An interrupted run resumes where it stopped.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from geopose.data.cache import prepare_cache
+    from geopose.errors import ConfigError
+
+    if split not in ("train", "test", "all"):
+        raise ConfigError(f"--split must be train, test or all, got {split!r}")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("converting", total=None)
+        index = prepare_cache(
+            data,
+            out,
+            downsample=downsample,
+            split=split,
+            workers=workers,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    size = sum(p.stat().st_size for p in Path(out).rglob("*.npy"))
+    console.print(
+        f"[bold green]done[/]: {len(index)} image(s) -> {escape(str(out))} "
+        f"({size / 2**30:.2f} GiB, downsample {downsample})",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,83 @@
+"""``geopose train``: train a recipe on a data folder or a prepared cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from geopose.cli.app import app, console
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Config overrides key=value (YAML values), e.g. train.lr=3e-4 data.crop=256 "
+        "data.aug=light model.encoder=resnet34. Bare data/train keys work too (lr=3e-4).",
+        show_default=False,
+    ),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="Recipe name (cpu_small, bloodaxe_b7, ...) or YAML file."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Data folder (competition layout) or geopose prepare cache."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder to create."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue this run folder from its last checkpoint, exactly."
+    ),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Start from this checkpoint's model weights (fresh optimizer)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+) -> None:
+    """Train a model on a data folder or a prepared cache.
+
+    Random augmented crops; validation with the competition score every epoch; the best 3
+    checkpoints by score plus the last; CSV and TensorBoard logs.
+
+    Runs on CPU, one GPU (bf16-mixed) or many (DDP: train.devices=N, or under torchrun,
+    multi-node with train.num_nodes). Stops with a clear message if the loss turns NaN.
+    """
+    from geopose.config import load_config, resolve_config
+    from geopose.errors import ConfigError
+    from geopose.training.run import check_resume_config
+    from geopose.training.run import train as run_training
+
+    overrides = list(overrides or [])
+    if resume is not None:
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise ConfigError("--resume RUN continues RUN in place; drop --out or make it RUN")
+        saved = load_config(Path(resume) / "config.yaml")
+        extra = [f"data.root={data}"] if data is not None else []
+        cfg = resolve_config(saved, extra + overrides)
+        if config is not None:
+            check_resume_config(saved, resolve_config(config, overrides))
+        out = Path(resume)
+    else:
+        if config is None or out is None:
+            raise ConfigError("geopose train needs --config RECIPE and --out RUN (or --resume RUN)")
+        extra = [f"data.root={data.resolve()}"] if data is not None else []
+        if init_from is not None:
+            extra.append(f"train.init_from={init_from.resolve()}")
+        cfg = resolve_config(config, extra + overrides)
+    if cfg["data"]["root"] is None:
+        raise ConfigError("no data: pass --data DATA (a data folder or a geopose prepare cache)")
+    name, root = cfg.get("name", config), cfg["data"]["root"]
+    console.print(
+        f"training [bold]{escape(str(name))}[/] on {escape(str(root))} -> {escape(str(out))}",
+        highlight=False,
+    )
+    summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite)
+    score = summary["best_score"]
+    best = (
+        f", best val score {score:.4f} ({escape(str(summary['best_checkpoint']))})" if score else ""
+    )
+    console.print(
+        f"[bold green]done[/]: {summary['global_step']} steps in {summary['seconds']:.0f} s{best}; "
+        f"last checkpoint {escape(summary['last_checkpoint'])}",
+        highlight=False,
+        soft_wrap=True,
+    )

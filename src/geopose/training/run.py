@@ -1,0 +1,256 @@
+"""Run a training: the run folder, Lightning Trainer, callbacks, loggers, resume and init.
+
+Run folder ``RUN/``::
+
+    config.yaml                 the full resolved config (also in checkpoints/)
+    folds.csv                   the folds (unless data.folds_csv names a shared one)
+    checkpoints/config.yaml
+    checkpoints/last.ckpt       latest state (exact resume: --resume RUN)
+    checkpoints/epoch=E-step=S-score=X.ckpt   the best ``train.save_top_k`` by val/score
+    logs/csv/version_N/metrics.csv, logs/tensorboard/version_N/   one version per (re)start
+    summary.json                steps, best score and checkpoint, wall time, per-rank checksums
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+
+from geopose.config import save_config
+from geopose.errors import ConfigError, GeoposeDataError, GeoposeError, OutputExistsError
+from geopose.training.datamodule import GeoposeDataModule
+from geopose.training.task import GeoposeTask
+
+CKPT_DIR = "checkpoints"
+LAST = "last.ckpt"
+RUN_FILES = ("config.yaml", "folds.csv", "summary.json")
+RUN_DIRS = (CKPT_DIR, "logs")
+
+
+class TrainingDiverged(GeoposeError):
+    """The loss or the gradients stopped being finite; the message says where."""
+
+
+class GuardedCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes nothing once the NaN guard has stopped training, so the
+    last checkpoint on disk is the last good state."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if getattr(trainer.lightning_module, "stopped_reason", None) is not None:
+            return
+        super()._save_checkpoint(trainer, filepath)
+
+
+class RankChecksum(Callback):
+    """At the end of training, gather a checksum of the weights from every rank into
+    ``pl_module.rank_checksums`` (DDP keeps them identical; a difference is a bug)."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with torch.no_grad():
+            flat = torch.cat([p.detach().double().flatten() for p in pl_module.model.parameters()])
+            weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+            local = torch.stack([flat.sum(), (flat * weights.remainder(97)).sum()])
+        gathered = trainer.strategy.all_gather(local)
+        gathered = gathered.reshape(-1, 2).cpu().tolist()
+        pl_module.rank_checksums = gathered
+
+
+def _resolve_devices(t: dict) -> tuple[str, int | str, int, object, str]:
+    """(accelerator, devices, num_nodes, strategy, precision) for the Trainer."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    accel = t["accelerator"]
+    if accel == "auto":
+        accel = "gpu" if torch.cuda.is_available() else "cpu"
+    accel = "gpu" if accel == "cuda" else accel
+    devices, nodes = t["devices"], t["num_nodes"]
+    if devices == "auto":
+        # Under torchrun every process is one device of its node.
+        local = os.environ.get("LOCAL_WORLD_SIZE")
+        devices = int(local) if local else (torch.cuda.device_count() if accel == "gpu" else 1)
+        world = os.environ.get("WORLD_SIZE")
+        if local and world and nodes == 1:
+            nodes = max(1, int(world) // int(local))
+    precision = t["precision"]
+    if precision == "auto":
+        precision = "bf16-mixed" if accel == "gpu" else "32-true"
+    strategy: object = t["strategy"]
+    if strategy == "auto" and devices * nodes > 1:
+        strategy = "ddp"
+    if strategy in ("ddp", "ddp_find_unused_parameters_true"):
+        strategy = DDPStrategy(
+            process_group_backend="nccl" if accel == "gpu" else "gloo",
+            find_unused_parameters=strategy.endswith("true"),
+        )
+    return accel, devices, nodes, strategy, precision
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / CKPT_DIR / LAST).is_file():
+            raise GeoposeDataError(out / CKPT_DIR / LAST, "nothing to resume (no last checkpoint)")
+        return
+    ours = [out / n for n in RUN_FILES + RUN_DIRS if (out / n).exists()]
+    if ours and not overwrite:
+        raise OutputExistsError(out)
+    for path in ours:  # remove only what a run writes
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _init_weights(task: GeoposeTask, path: str) -> None:
+    """Load the model weights of a geopose checkpoint (same architecture) into ``task``."""
+    from geopose.models import load_checkpoint
+
+    model, _ = load_checkpoint(path)
+    try:
+        task.model.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise GeoposeDataError(path, f"weights do not fit this model: {str(exc)[:300]}") from exc
+
+
+def _callbacks(cfg: dict, ckpt_dir: Path, validate: bool) -> list[Callback]:
+    t = cfg["train"]
+    cbs: list[Callback] = [
+        GuardedCheckpoint(
+            dirpath=ckpt_dir,
+            filename="epoch={epoch:03d}-step={step:06d}-score={val/score:.4f}"
+            if validate
+            else "epoch={epoch:03d}-step={step:06d}",
+            auto_insert_metric_name=False,
+            monitor="val/score" if validate else None,
+            mode="max",
+            save_top_k=t["save_top_k"] if validate else 0,
+            save_last=True,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+        RankChecksum(),
+    ]
+    if t["ckpt_every_steps"]:
+        cbs.append(
+            GuardedCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=t["ckpt_every_steps"],
+                save_top_k=0,
+                save_last=True,
+            )
+        )
+    if t["progress"]:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        cbs.append(RichProgressBar(leave=True))
+    return cbs
+
+
+def train(
+    config: dict,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[Callback] | None = None,
+    source=None,
+) -> dict:
+    """Train ``config`` (from :func:`geopose.config.resolve_config`) into the run folder ``out``.
+
+    ``resume``: continue ``out/checkpoints/last.ckpt`` exactly (step, optimizer, scheduler,
+    data position). Returns the summary (also written to ``out/summary.json``). Raises
+    :class:`TrainingDiverged` when the NaN guard stops the run (the last good checkpoint stays).
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out = Path(out)
+    t = config["train"]
+    rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    if rank0:
+        _prepare_run_dir(out, resume, overwrite)
+    ckpt_dir = out / CKPT_DIR
+    L.seed_everything(t["seed"], workers=True, verbose=False)
+    dm = GeoposeDataModule(config, out, source=source)
+    dm.prepare()
+    validate = config["data"]["fold"] is not None and bool(dm.val_rows)
+    accel, devices, nodes, strategy, precision = _resolve_devices(t)
+    spe = dm.steps_per_epoch(devices * nodes)
+    total = t["max_steps"] if t["max_steps"] > 0 else spe * t["epochs"]
+    if rank0:
+        save_config(config, out / "config.yaml")
+        save_config(config, ckpt_dir / "config.yaml")
+    task = GeoposeTask(config, steps_per_epoch=spe, total_steps=total)
+    if t["init_from"] and not resume:
+        _init_weights(task, t["init_from"])
+    loggers = [
+        CSVLogger(out / "logs", name="csv"),
+        TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False),
+    ]
+    trainer = L.Trainer(
+        accelerator=accel,
+        devices=devices,
+        num_nodes=nodes,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=t["epochs"] if t["max_steps"] <= 0 else -1,
+        max_steps=t["max_steps"],
+        max_time=timedelta(minutes=t["max_minutes"]) if t["max_minutes"] else None,
+        gradient_clip_val=t["grad_clip"],
+        gradient_clip_algorithm="norm",
+        accumulate_grad_batches=t["accumulate"],
+        check_val_every_n_epoch=t["val_every"],
+        limit_val_batches=1.0 if validate else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t["log_every"],
+        deterministic=t["deterministic"],
+        benchmark=accel == "gpu" and not t["deterministic"],
+        enable_progress_bar=t["progress"],
+        enable_model_summary=t["progress"],
+        use_distributed_sampler=False,
+        callbacks=_callbacks(config, ckpt_dir, validate) + list(callbacks or []),
+        logger=loggers,
+        default_root_dir=out,
+    )
+    started = time.time()
+    trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt_dir / LAST) if resume else None)
+    summary = _summary(trainer, task, out, time.time() - started)
+    if trainer.is_global_zero:
+        from geopose.io import write_text_atomic
+
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if task.stopped_reason is not None:
+        last = ckpt_dir / LAST
+        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved yet"
+        raise TrainingDiverged(f"training stopped: {task.stopped_reason}; {kept}")
+    return summary
+
+
+def _summary(trainer: L.Trainer, task: GeoposeTask, out: Path, seconds: float) -> dict:
+    best = trainer.checkpoint_callback
+    score = None
+    if best is not None and best.best_model_score is not None:
+        score = float(best.best_model_score)
+        score = score if math.isfinite(score) else None
+    return {
+        "run": str(out),
+        "global_step": int(trainer.global_step),
+        "epoch": int(trainer.current_epoch),
+        "best_score": score,
+        "best_checkpoint": best.best_model_path if best is not None and score is not None else None,
+        "last_checkpoint": str(out / CKPT_DIR / LAST),
+        "seconds": round(seconds, 2),
+        "world_size": int(trainer.world_size),
+        "rank_checksums": getattr(task, "rank_checksums", None),
+        "stopped": task.stopped_reason,
+    }
+
+
+def check_resume_config(saved: dict, wanted: dict) -> None:
+    """Refuse resuming with a different model or loss (the weights would not fit)."""
+    for section in ("model", "loss"):
+        if saved.get(section) != wanted.get(section):
+            raise ConfigError(f"--resume: the {section} section differs from the run's config.yaml")

@@ -1,0 +1,177 @@
+"""The LightningModule: ``self.model`` (from :func:`geopose.models.create_model`), the recipe's
+loss, the competition score on validation, optimizers and schedules, and a guard that stops
+training when the loss or the gradients stop being finite.
+
+Checkpoint contract: ``hyper_parameters.config`` is the full resolved config and the model's
+weights are ``state_dict`` keys ``model.<name>``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from geopose.data.dataset import item_seed
+from geopose.errors import ConfigError
+
+
+def lr_factor(step: int, train: dict, steps_per_epoch: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` for the ``train:`` section's
+    scheduler (``cosine_restarts``, ``cosine``, ``step`` or ``constant``; warm-up first)."""
+    warm = train["warmup_steps"]
+    if step < warm:
+        return (step + 1) / warm
+    kind = train["scheduler"]
+    floor = min(1.0, train["min_lr"] / train["lr"]) if train["lr"] > 0 else 0.0
+    s = step - warm
+
+    def cosine(t: float) -> float:
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+    if kind == "cosine":
+        return cosine(s / max(1, total_steps - warm))
+    if kind == "cosine_restarts":
+        period = max(1.0, train["restart_epochs"] * steps_per_epoch)
+        mult = train["restart_mult"]
+        while s >= period:
+            s -= period
+            period *= mult
+        return cosine(s / period)
+    if kind == "step":
+        return train["gamma"] ** math.floor(step / max(1.0, train["step_epochs"] * steps_per_epoch))
+    return 1.0
+
+
+class GeoposeTask(L.LightningModule):
+    """Model + loss + validation score for one resolved config (see :mod:`geopose.config`).
+
+    ``steps_per_epoch`` and ``total_steps`` (optimizer steps) size the schedules.
+    """
+
+    def __init__(self, config: dict, steps_per_epoch: int = 1, total_steps: int = 1) -> None:
+        super().__init__()
+        from geopose.metrics import GeoposeScore
+        from geopose.models import GeoposeLoss, create_model
+
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.model = create_model(config)
+        self.loss = GeoposeLoss(config["loss"])
+        self.val_score = GeoposeScore()
+        self.steps_per_epoch, self.total_steps = int(steps_per_epoch), int(total_steps)
+        self.stopped_reason: str | None = None
+        self.last_good_step = 0
+
+    @property
+    def train_cfg(self) -> dict:
+        return self.config["train"]
+
+    def forward(self, batch: dict):
+        return self.model(batch["image"], batch["gsd"], batch["city"])
+
+    # --- training ---------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+        if self.stopped_reason is not None:
+            return -1  # ends the epoch (and, with should_stop, the run)
+        # Model randomness (dropout, drop-path) from (seed, rank, step): exact on resume.
+        torch.manual_seed(
+            item_seed(self.train_cfg["seed"], 10**6 + self.global_rank, self.global_step)
+        )
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "mark_consumed"):
+            dm.mark_consumed(self.current_epoch, batch_idx + 1)
+        return None
+
+    def _any_rank(self, flag: bool) -> bool:
+        return bool(self.trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+    def _stop(self, reason: str) -> None:
+        self.stopped_reason = reason
+        self.trainer.should_stop = True
+
+    def training_step(self, batch: dict, batch_idx: int):
+        out = self(batch)
+        total, parts = self.loss(out, batch)
+        if self._any_rank(not bool(torch.isfinite(total.detach()))):
+            stems = ", ".join(batch["stem"][:4])
+            self._stop(
+                f"loss is {total.detach().item():.4g} (not finite) at step {self.global_step}, "
+                f"epoch {self.current_epoch}, batch {batch_idx} (images {stems}, ...); "
+                + ", ".join(f"{k}={v.detach().item():.4g}" for k, v in parts.items())
+            )
+            if self.trainer.world_size == 1:
+                return None  # skip this optimizer step
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if self._any_rank(not bool(torch.isfinite(norm))):
+            for p in self.parameters():
+                p.grad = None  # the optimizer skips parameters without gradients
+            if self.stopped_reason is None:
+                self._stop(f"gradient norm is not finite at step {self.global_step}")
+            return
+        self.log("train/grad_norm", norm, batch_size=1)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.stopped_reason is None:
+            self.last_good_step = self.global_step
+
+    # --- validation -------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if self.stopped_reason is not None:
+            return
+        out = self(batch)
+        total, _ = self.loss(out, batch)
+        bs = batch["image"].shape[0]
+        self.log("val/loss", total, batch_size=bs, sync_dist=True)
+        self.val_score.update_batch(out, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.stopped_reason is not None:
+            self.val_score.reset()
+            return
+        values = self.val_score.compute()
+        self.val_score.reset()
+        for key, value in values.items():
+            name = "val/score" if key == "score" else f"val/{key}"
+            self.log(name, value.float(), prog_bar=key in ("score", "angle_error_deg"))
+
+    # --- optimizers -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        t = self.train_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        if t["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+        elif t["optimizer"] == "adam":
+            opt = torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+        else:
+            opt = torch.optim.SGD(
+                params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"]
+            )
+        if t["scheduler"] == "plateau":
+            if self.config["data"]["fold"] is None:
+                raise ConfigError("train.scheduler=plateau needs validation (data.fold)")
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=t["gamma"], patience=t["patience"]
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": "val/score", "interval": "epoch"},
+            }
+        spe, total = self.steps_per_epoch, self.total_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t, spe, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

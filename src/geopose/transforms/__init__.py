@@ -1,0 +1,29 @@
+"""Augmentation: geometric (moves image, AGL, MAG, angle and scale together) and photometric."""
+
+from geopose.transforms.geometric import (
+    GeometricAugment,
+    GeometricPlan,
+    Sample,
+    affine,
+    d4,
+    fliplr,
+    flipud,
+    height_scale,
+    rot90,
+    transpose,
+)
+from geopose.transforms.photometric import PhotometricAugment
+
+__all__ = [
+    "GeometricAugment",
+    "GeometricPlan",
+    "PhotometricAugment",
+    "Sample",
+    "affine",
+    "d4",
+    "fliplr",
+    "flipud",
+    "height_scale",
+    "rot90",
+    "transpose",
+]
