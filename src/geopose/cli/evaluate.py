@@ -15,13 +15,20 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _table(result: dict):
+    """Per-city rows and the final score, narrow enough for an 80-column terminal."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Competition score (R² per city; final = mean of cities)")
-    for name in ("City", "Images", "Score", "R² AGL", "R² VFLOW"):
-        table.add_column(name, justify="right" if name != "City" else "left")
-    for name in ("Angle err °", "Scale err px/m", "AGL MAE m", "AGL RMSE m", "EPE px"):
-        table.add_column(name, justify="right")
+    table = Table(
+        title="Competition score per city",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    headers = ("City", "Images", "Score", "R²\nAGL", "R²\nVFLOW", "Angle\nerr °",
+               "Scale err\npx/m", "AGL\nMAE m", "AGL\nRMSE m", "EPE\npx")  # fmt: skip
+    for name in headers:
+        table.add_column(name, justify="left" if name == "City" else "right")
     for city, m in result["cities"].items():
         table.add_row(
             city,
@@ -30,10 +37,10 @@ def _table(result: dict):
             _fmt(m["r2_agl"]),
             _fmt(m["r2_vflow"]),
             _fmt(m["angle_error_deg"], 2),
-            _fmt(m["scale_error"], 4),
-            _fmt(m["agl_mae"], 3),
-            _fmt(m["agl_rmse"], 3),
-            _fmt(m["epe"], 3),
+            _fmt(m["scale_error"], 3),
+            _fmt(m["agl_mae"], 2),
+            _fmt(m["agl_rmse"], 2),
+            _fmt(m["epe"], 2),
         )
     table.add_section()
     table.add_row("[bold]final[/]", str(result["images"]), f"[bold]{_fmt(result['final'])}[/]")
@@ -80,6 +87,11 @@ def evaluate(
         fail(f"{len(result['size_mismatch'])} prediction(s) differ in size from the truth")
     result["partial"] = partial
     console.print(_table(result))
+    console.print(
+        f"final score {_fmt(result['final'])} "
+        f"(mean of {len(result['cities'])} cities, {result['images']} images)",
+        highlight=False,
+    )
     if result["skipped"]:
         console.print(
             f"scored {result['images']} of {result['images'] + result['skipped']} images "
