@@ -54,7 +54,9 @@ def evaluate(
     json_path: Path | None = typer.Option(
         None, "--json", help="Write every number to this JSON file (atomically)."
     ),
-    workers: int = typer.Option(0, "--workers", "-w", help="Decoding threads (0 = one per CPU)."),
+    workers: int = typer.Option(
+        0, "--workers", "-j", help="Decoding threads (0 = one per CPU, at most 8)."
+    ),
     partial: bool = typer.Option(
         False, "--partial", help="Score the predictions present; skip missing or mis-sized ones."
     ),

@@ -49,11 +49,12 @@ class SizeMismatch:
 
 
 def default_workers() -> int:
-    """The number of CPUs this process may use."""
+    """The number of CPUs this process may use, at most 8 (more adds memory, not speed)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
 
 
 def _layout_files(folder: Path, role: str) -> dict[str, set[str]]:
