@@ -90,9 +90,13 @@ def find_images(images_dir: str | Path) -> list[Path]:
         for p in images_dir.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RGB_SUFFIXES
     ]
-    # A folder of competition images may also hold AGL/FLOW tifs (e.g. truth): only *_RGB then.
-    rgb = [p for p in files if (s := split_name(p)) and s[1] == "RGB"]
-    return sorted(rgb or [p for p in files if not split_name(p)], key=lambda p: p.name)
+    # Skip the other files of the layout (AGL/VFLOW truth, NADIR_*) and our own _FLOW.tif.
+    keep = [
+        p
+        for p in files
+        if ((s := split_name(p)) is None or s[1] == "RGB") and not image_stem(p).endswith("_FLOW")
+    ]
+    return sorted(keep, key=lambda p: p.name)
 
 
 def city_index(city: str | int | None) -> int:
@@ -298,7 +302,7 @@ class Predictor:
 
         Negative heights are clipped to 0 m.
         """
-        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        img = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)
         tile = self.tile_size
         while True:
             try:
