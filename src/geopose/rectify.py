@@ -29,8 +29,10 @@ _SRC_BITS = 31
 _SRC_MASK = np.int64((1 << _SRC_BITS) - 1)
 # The four lines through a pixel (horizontal, vertical, two diagonals) as (row, col) steps.
 _LINES = ((0, 1), (1, 0), (1, 1), (1, -1))
-_TIE_PX = 1e-3
-"""Ties in rounding a footprint to a pixel go towards the seen position (px)."""
+_TIE_PX = 0.02
+"""Footprints are rounded after a step of this many px back towards the seen position, so a
+footprint on a pixel boundary (a wall's) lands in its own column even after heights were
+rounded to centimetres (up to 0.005 m × 4 px/m = 0.02 px of footprint error)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _zbuffer(agl: np.ndarray, angle: float, scale: float) -> np.ndarray:
         raise ValueError(f"image of {h}×{w} pixels is too large to rectify")
     x, y = ground_positions(agl, angle, scale)
     # A footprint on a pixel boundary (a wall's: its ray enters the column through the side)
-    # goes to the pixel on the seen side, the column's own: round after a tiny step back.
+    # goes to the pixel on the seen side, the column's own: round after a small step back.
     xi = np.rint(x - np.float32(_TIE_PX * math.sin(angle)))
     yi = np.rint(y - np.float32(_TIE_PX * math.cos(angle)))
     # NaN heights give NaN positions, which fail these comparisons and are dropped.
