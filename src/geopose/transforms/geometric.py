@@ -235,16 +235,19 @@ def height_scale(sample: Sample, k: float, step_px: float = 1.0, max_steps: int 
         g_prev = h_prev - u_prev
         top = np.isfinite(g_prev) & (g_prev >= -1e-4)
         root[top], found[top] = u_prev, True
+        # A ray that passed outside the input may have missed a taller surface there.
+        blind = ~np.isfinite(g_prev)
         for j in range(1, n + 1):
             u = max(h_top - j * du, 0.0)
             hv, _, _ = heights_at(np.float32(u))
             g = hv - u
-            cross = ~found & (g >= 0) & (g_prev < 0) & (np.abs(hv - h_prev) <= tol)
+            blind |= ~found & ~np.isfinite(g)
+            cross = ~found & ~blind & (g >= 0) & (g_prev < 0) & (np.abs(hv - h_prev) <= tol)
             if cross.any():
                 frac = g[cross] / (g[cross] - g_prev[cross])  # in (0, 1]: from u toward u_prev
                 root[cross] = u + frac * (u_prev - u)
                 found |= cross
-            if found.all():
+            if (found | blind).all():
                 break
             u_prev, g_prev, h_prev = u, g, hv
     src_x = (qx + np.float32(c * dx) * root).astype(np.float32)

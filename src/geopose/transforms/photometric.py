@@ -92,15 +92,20 @@ class PhotometricAugment:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_compose": None}
 
-    def __call__(self, rgb: np.ndarray, seed: int) -> np.ndarray:
-        if self.level == "none":
-            return rgb
-        compose = self.compose
-        # One independent stream per transform: a shared seed would make every transform's
-        # "apply?" draw identical, switching them all on or off together.
-        nodes = _leaves(compose)
+    def reseed(self, seed: int) -> None:
+        """Give every transform its own random stream derived from ``seed``.
+
+        (albumentations' ``set_random_seed`` gives them all the same seed, which makes every
+        transform's "apply?" draw identical, switching them on or off together.)
+        """
+        nodes = _leaves(self.compose)
         seeds = np.random.SeedSequence(seed).generate_state(len(nodes))
         for node, s in zip(nodes, seeds, strict=True):
             node.random_generator = np.random.default_rng(int(s))
             node.py_random = random.Random(int(s))
-        return compose(image=rgb)["image"]
+
+    def __call__(self, rgb: np.ndarray, seed: int) -> np.ndarray:
+        if self.level == "none":
+            return rgb
+        self.reseed(seed)
+        return self.compose(image=rgb)["image"]
