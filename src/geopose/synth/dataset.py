@@ -51,7 +51,7 @@ OUTPUT_DIRS = ("train", "test", "test_truth", "test_nadir")
 class TruthOptions:
     """Data troubles of the truth, as in the real LiDAR-derived AGL.
 
-    ``missing``: LiDAR-like voids (small clusters, ~0.5 % of pixels, and most water) become
+    ``missing``: LiDAR-like voids (small clusters, 0.2-1 % of pixels, and most water) become
     NaN (65535 in files). ``speckle``: share of pixels whose AGL gets a spurious error of a few
     metres. ``hidden``: share of buildings present in the AGL but missing from the RGB (built
     between the LiDAR and the image).
@@ -94,7 +94,9 @@ def degrade_truth(
     out = agl.astype(np.float32, copy=True)
     n = out.shape[0]
     if opts.missing:
-        blobs = value_noise(rng, n, 6.0, 1) > 2.5
+        field = value_noise(rng, n, 8.0, 1)
+        share = rng.uniform(0.002, 0.01)  # of the pixels, in blobs of a few px
+        blobs = field > np.quantile(field, 1.0 - share)
         water = (kind == KIND_WATER) & (rng.random() < 0.8)
         out[blobs | water] = np.nan
     if opts.speckle > 0:
@@ -109,17 +111,18 @@ def render_image(
     seeds: Sequence[int],
     uniform_angles: bool = False,
     truth: TruthOptions | None = None,
+    nadir: bool = True,
 ):
     """Draw and render one image: returns (scene, view geometry, Rendered, degraded AGL).
 
     With ``truth.hidden`` > 0 some buildings are removed from the RGB (and from its shadows)
-    but kept in the AGL.
+    but kept in the AGL. ``nadir=False`` skips the nadir RGB.
     """
     truth = truth or TruthOptions()
     scene = make_scene(city, size, seeds[0])
     geo = draw_geometry(city, np.random.default_rng(seeds[1]), uniform_angles)
     rng = np.random.default_rng(seeds[3])
-    args = dict(sensor=True, seed=seeds[2], elevation=geo.elevation)
+    args = dict(sensor=True, seed=seeds[2], elevation=geo.elevation, nadir=nadir)
     full = render(scene, geo.angle, geo.scale, geo.sun, **args)
     shown = full
     if truth.hidden > 0:
@@ -148,7 +151,9 @@ def render_image(
 def _write_image(job: _Job) -> dict:
     """Render one image and write its files; returns its row of ``synth_views.csv``."""
     seeds = _streams(job.seed, job.split, job.index)
-    scene, geo, r, agl = render_image(job.city, job.size, seeds, job.uniform_angles, job.truth)
+    scene, geo, r, agl = render_image(
+        job.city, job.size, seeds, job.uniform_angles, job.truth, nadir=job.nadir
+    )
     out = Path(job.out)
     iid = image_id(job.split, job.index)
     stem = f"{job.city}_{iid}"

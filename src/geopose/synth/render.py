@@ -31,7 +31,7 @@ from geopose.synth.scene import KIND_BUILDING, KIND_TREE, Scene, fmod
 
 _NEG = np.float32(-1e9)
 SUN_RGB = np.array((1.0, 0.96, 0.90), np.float32)
-SKY_RGB = np.array((0.26, 0.30, 0.38), np.float32)
+SKY_RGB = np.array((0.13, 0.15, 0.20), np.float32)
 """Direct-sun and sky irradiance (linear RGB); a lit flat surface gets SUN·sin(elev) + SKY."""
 WALL_SKY = np.float32(0.55)
 """Share of the sky a wall sees compared with a flat roof."""
@@ -253,29 +253,32 @@ def _surface_colour(scene: Scene, cells, z, facade) -> np.ndarray:
     return refl
 
 
+_SRGB_LUT = np.power(np.linspace(0.0, 1.0, 65536, dtype=np.float64), 1 / 2.2).astype(np.float32)
+
+
 def _to_srgb(linear: np.ndarray) -> np.ndarray:
-    return np.power(np.clip(linear, 0.0, 1.0), np.float32(1 / 2.2))
+    """Linear [0, 1] -> display [0, 1] with gamma 1/2.2 (a 16-bit lookup table)."""
+    idx = np.clip(linear * np.float32(65535.0) + np.float32(0.5), 0, 65535).astype(np.uint16)
+    return _SRGB_LUT[idx]
 
 
 def _sensor(img: np.ndarray, rng_seed: int) -> np.ndarray:
-    """Blur (optics), haze, gamma, read/shot noise of a linear image -> uint8."""
+    """Haze, colour gain, optics blur, gamma and read/shot noise of a linear image -> uint8."""
     rng = np.random.default_rng(rng_seed)
     haze = np.float32(rng.uniform(0.005, 0.03))
     sigma = float(rng.uniform(0.5, 0.9))
     gain = rng.uniform(0.92, 1.08, 3).astype(np.float32)
-    noise = float(rng.uniform(1.0, 3.0))
-    img = cv2.GaussianBlur(
-        img * gain + haze * SKY_RGB * 3, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101
-    )
-    out = _to_srgb(img) * 255
-    out = out + rng.normal(0, noise, out.shape).astype(np.float32) * np.sqrt(
-        np.maximum(out, 1) / 128
-    )
+    noise = np.float32(rng.uniform(1.0, 3.0) / math.sqrt(128.0))
+    img = img * gain + haze * SKY_RGB * 3
+    img = cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    out = _to_srgb(img) * np.float32(255.0)
+    grain = rng.standard_normal(out.shape, dtype=np.float32)
+    out += grain * noise * np.sqrt(np.maximum(out, np.float32(1.0)))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _clean(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(_to_srgb(img) * 255), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(_to_srgb(img) * np.float32(255.0)), 0, 255).astype(np.uint8)
 
 
 def render(
@@ -286,6 +289,7 @@ def render(
     sensor: bool = False,
     seed: int = 0,
     elevation: float = DEFAULT_ELEVATION,
+    nadir: bool = True,
 ) -> Rendered:
     """Render ``scene`` as seen with flow angle ``angle`` (rad) and ``scale`` (px/m).
 
@@ -293,6 +297,7 @@ def render(
     puts the sun overhead (no cast shadows). ``elevation``: sun elevation (rad).
     ``sensor=True`` adds optics blur, haze, colour gain and noise drawn from ``seed``
     (identically to the oblique and the nadir view); ``False`` gives a clean, exact render.
+    ``nadir=False`` skips the nadir view (``nadir_rgb`` is None), for speed.
     """
     if not scale >= 0:
         raise ValueError(f"scale must be >= 0 px/m, got {scale}")
@@ -300,19 +305,21 @@ def render(
     light = _Light(scene, sun, elevation)
     view = (math.sin(angle), math.cos(angle))
     linear = _surface_colour(scene, cells, agl, facade) * light.irradiance(cells, agl, facade, view)
-    m, size, n = scene.margin, scene.size, scene.full_size
-    own = (np.arange(size)[:, None] + m) * n + np.arange(size)[None, :] + m
+    finish = (lambda img: _sensor(img, seed)) if sensor else _clean
+    rgb, nadir_rgb = finish(linear), None
     nadir_h = scene.height.astype(np.float32)
-    flat = np.zeros_like(facade)
-    nadir_lin = _surface_colour(scene, own, nadir_h, flat) * light.irradiance(own, nadir_h, flat)
-    if sensor:
-        rgb, nadir_rgb = _sensor(linear, seed), _sensor(nadir_lin, seed)
-    else:
-        rgb, nadir_rgb = _clean(linear), _clean(nadir_lin)
+    if nadir:
+        m, size, n = scene.margin, scene.size, scene.full_size
+        own = (np.arange(size)[:, None] + m) * n + np.arange(size)[None, :] + m
+        flat = np.zeros_like(facade)
+        nadir_lin = _surface_colour(scene, own, nadir_h, flat) * light.irradiance(
+            own, nadir_h, flat
+        )
+        nadir_rgb = finish(nadir_lin)
     return Rendered(
         rgb=rgb,
         agl=agl,
-        nadir_agl=nadir_h.copy(),
+        nadir_agl=nadir_h,
         nadir_rgb=nadir_rgb,
         angle=float(angle),
         scale=float(scale),

@@ -350,60 +350,57 @@ class _Builder:
         ou = rng.uniform(-1, 1) * (lot_u - hu) * 0.8
         ov = rng.uniform(-1, 1) * (lot_v - hv) * 0.8
         eave = min(0.3 + floors * FLOOR_M, s.max_height)
-        reach = math.hypot(hu * (2.3 if t == RES else 1.0), hv) + 1.0
+        pitched = t == RES and rng.random() < s.pitched
+        wing = pitched and rng.random() < 0.5  # a flat-roofed garage wing beside the house
+        reach = math.hypot(hu * (2.3 if wing else 1.0), hv) + 1.0
         box = self._bbox(uc + ou, vc + ov, reach)
         if box is None:
             return
         sl, a, bb = box
-        c, sn = np.float32(math.cos(theta)), np.float32(math.sin(theta))
-        a, bb = a * c + bb * sn, -a * sn + bb * c
-        inside = (np.abs(a) < hu) & (np.abs(bb) < hv)
-        pitched = t == RES and rng.random() < s.pitched
-        dist_edge = np.minimum(hu - np.abs(a), hv - np.abs(bb))
+        if theta != 0.0:
+            c, sn = np.float32(math.cos(theta)), np.float32(math.sin(theta))
+            a, bb = a * c + bb * sn, -a * sn + bb * c
+        abs_a, abs_b = np.abs(a), np.abs(bb)
+        inside = (abs_a < hu) & (abs_b < hv)
+        dist_edge = np.minimum(hu - abs_a, hv - abs_b)
         h = np.full(a.shape, eave, np.float32)
-        roof_col = np.asarray(
-            s.roofs_pitched[rng.integers(len(s.roofs_pitched))]
-            if pitched
-            else s.roofs_flat[rng.integers(len(s.roofs_flat))],
-            np.float32,
-        )
+        roofs = s.roofs_pitched if pitched else s.roofs_flat
+        roof_col = np.asarray(roofs[rng.integers(len(roofs))], np.float32)
         roof_col = roof_col * np.float32(rng.uniform(0.85, 1.15))
         pal = np.stack([roof_col, roof_col, np.full(3, 0.45, np.float32)])  # roof, tower, units
         ridx = np.zeros(a.shape, np.uint8)
         shade = np.ones(a.shape, np.float32)
         if pitched:
             slope = rng.uniform(0.35, 0.7)
-            if rng.random() < 0.6:  # gable, ridge along the long axis
-                d = (hv - np.abs(bb)) if hu >= hv else (hu - np.abs(a))
-            else:  # hip
-                d = dist_edge
-            h = h + np.float32(slope) * np.maximum(d, 0)
-            # shingle rows: faint stripes parallel to the eaves
-            shade = 1.0 + 0.06 * np.sign(np.sin(d * np.float32(2 * math.pi / 0.9)))
-            if rng.random() < 0.5:  # a flat-roofed garage wing beside the house
+            gable = rng.random() < 0.6  # else hip
+            ridge = (hv - abs_b) if hu >= hv else (hu - abs_a)  # ridge along the long axis
+            d = ridge if gable else dist_edge
+            h += np.float32(slope) * np.maximum(d, 0)
+            # shingle rows: faint stripes parallel to the eaves, 0.9 m apart
+            shade += np.float32(0.12) * (fmod(d, 0.9) < 0.45) - np.float32(0.06)
+            if wing:
                 wu, wv = hu * rng.uniform(0.35, 0.6), hv * rng.uniform(0.4, 0.7)
-                su_ = 1 if rng.random() < 0.5 else -1
-                wing = (np.abs(a - su_ * (hu + wu)) < wu) & (np.abs(bb - (hv - wv)) < wv)
-                wing &= np.abs(a) <= hu + 2 * wu
-                h = np.where(wing & ~inside, np.float32(min(3.0, eave)), h)
-                inside = inside | wing
+                side = 1 if rng.random() < 0.5 else -1
+                w = (np.abs(a - side * (hu + wu)) < wu) & (np.abs(bb - (hv - wv)) < wv)
+                w &= ~inside
+                h[w] = min(3.0, eave)
+                inside |= w
         else:
             if t != PARK and rng.random() < 0.35:  # L-shaped footprint
                 ca, cb = hu * rng.uniform(0.0, 0.5), hv * rng.uniform(0.0, 0.5)
                 sa, sb = rng.choice((-1, 1), size=2)
                 inside &= ~((sa * a > ca) & (sb * bb > cb))
             if t in (COM, DOWN):  # parapet
-                h = np.where(dist_edge < 0.5, h + np.float32(0.8), h)
-                shade[dist_edge < 0.5] = 0.8
+                rim = dist_edge < 0.5
+                h[rim] += np.float32(0.8)
+                shade[rim] = 0.8
             if t == DOWN:  # tower on the podium
                 tu, tv = hu * rng.uniform(0.35, 0.7), hv * rng.uniform(0.35, 0.7)
-                tou, tov = (
-                    rng.uniform(-1, 1) * (hu - tu) * 0.7,
-                    rng.uniform(-1, 1) * (hv - tv) * 0.7,
-                )
+                tou = rng.uniform(-1, 1) * (hu - tu) * 0.7
+                tov = rng.uniform(-1, 1) * (hv - tv) * 0.7
                 tower = (np.abs(a - tou) < tu) & (np.abs(bb - tov) < tv)
                 th = min(eave + rng.uniform(*s.tower_floors) * boost * FLOOR_M, s.max_height)
-                h = np.where(tower, np.float32(th), h)
+                h[tower] = th
                 pal[1] = s.roofs_flat[rng.integers(len(s.roofs_flat))]
                 ridx[tower] = 1
             if min(hu, hv) > 5.0:  # rooftop units
@@ -411,27 +408,28 @@ class _Builder:
                     xu, xv = rng.uniform(-0.6, 0.6) * hu, rng.uniform(-0.6, 0.6) * hv
                     bu, bv = rng.uniform(0.8, 2.0, size=2)
                     unit = (np.abs(a - xu) < bu) & (np.abs(bb - xv) < bv) & (dist_edge > 1.0)
-                    unit_h = h + np.float32(rng.uniform(1.2, 2.5))
-                    h = np.where(unit, np.maximum(h, unit_h), h)
+                    h[unit] += np.float32(rng.uniform(1.2, 2.5))
                     ridx[unit] = 2
-        if not inside.any():
+        ii = np.nonzero(inside)
+        if ii[0].size == 0:
             return
         self.n_buildings += 1
         bay = np.float32(rng.uniform(2.4, 3.6))
         frac = {RES: 0.35, COM: 0.5, DOWN: 0.7}.get(t, 0.3)
-        along = np.where(hu - np.abs(a) < hv - np.abs(bb), bb, a)
+        # window columns along each wall: the coordinate along the nearest wall, in bays
+        ea, eb = hu - abs_a[ii], hv - abs_b[ii]
+        along = np.where(ea < eb, bb[ii], a[ii])
         win = (fmod(along, bay) < bay * np.float32(frac)).astype(np.float32)
         wall = np.asarray(s.walls[rng.integers(len(s.walls))], np.float32)
         wall = wall * np.float32(rng.uniform(0.85, 1.15))
         if t == DOWN and rng.random() < 0.5:
             wall = np.float32((0.10, 0.13, 0.16))  # glass curtain wall
-        m = inside
-        self.height[sl][m] = h[m]
-        self.top[sl][m] = pal[ridx[m]] * shade[m][:, None]
-        self.side[sl][m] = wall
-        self.window[sl][m] = win[m]
-        self.kind[sl][m] = KIND_BUILDING
-        self.obj[sl][m] = self.n_buildings
+        self.height[sl][ii] = h[ii]
+        self.top[sl][ii] = pal[ridx[ii]] * shade[ii][:, None]
+        self.side[sl][ii] = wall
+        self.window[sl][ii] = win
+        self.kind[sl][ii] = KIND_BUILDING
+        self.obj[sl][ii] = self.n_buildings
 
     def _bbox(self, u: float, v: float, reach_m: float):
         """Pixel slice around a street-grid point and the (u, v) offsets (m) of its pixels."""
@@ -472,7 +470,7 @@ class _Builder:
         k = len(rows)
         radius = rng.uniform(*s.crown_radius, k) / gsd
         heights = rng.uniform(*s.tree_height, k).astype(np.float32)
-        heights = np.minimum(heights, np.float32(1.4 * radius * gsd + 4.0))
+        heights = np.minimum(heights, np.float32(2.5 * radius * gsd + 5.0))
         order = np.argsort(heights)  # short first, tall crowns drawn over them
         stamps: dict[int, np.ndarray] = {}
         for idx in order:
@@ -537,7 +535,7 @@ class _Builder:
         )
         salt = int(rng.integers(1 << 30))
         hsh = _hash01(key, salt)
-        occupied = np.where(car_p, hsh < 0.7, hsh < 0.12)
+        occupied = np.where(car_p, hsh < 0.5, hsh < 0.12)
         is_car = (car_p | car_r) & occupied
         car = cand[is_car]
         if car.size == 0:
