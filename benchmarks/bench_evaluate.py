@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -95,30 +94,76 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_once(cmd: list[str]) -> tuple[float, int, int]:
-    """(wall s, peak tree RSS bytes, child max RSS bytes from getrusage)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    done = threading.Event()
+def run_once(cmd: list[str]) -> tuple[float, int, int, float]:
+    """(wall s, peak tree RSS bytes sampled, child max RSS bytes, child CPU s user+sys)."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        peak = 0
+        done = threading.Event()
 
-    def poll() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.005)
+        def poll() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_rss(proc.pid))
+                time.sleep(0.005)
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    poller.join()
-    if proc.returncode != 0:
-        sys.exit(f"geopose evaluate failed ({proc.returncode}): {err.decode()}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, peak, max(after, before) * 1024
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        poller.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{cmd} failed ({proc.returncode}): {err.read().decode()}")
+    return wall, peak, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+
+
+def _summary(name: str, rows: list) -> str:
+    walls = sorted(r[0] for r in rows)
+    cpus = sorted(r[3] for r in rows)
+    return (
+        f"{name}: wall median {walls[len(walls) // 2]:.3f} s (min {walls[0]:.3f}, "
+        f"max {walls[-1]:.3f}); CPU user+sys median {cpus[len(cpus) // 2]:.2f} s; "
+        f"peak RSS tree {max(r[1] for r in rows) / 2**20:.0f} MiB (sampled), "
+        f"child max RSS {max(r[2] for r in rows) / 2**20:.0f} MiB"
+    )
+
+
+PROCESS_POOL = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from geopose.io import city_of
+from geopose.metrics import ScoreAccumulator
+from geopose.metrics.evaluate import _score_one, pair_folders
+pairing = pair_folders(sys.argv[1], sys.argv[2])
+acc = ScoreAccumulator()
+with ProcessPoolExecutor(int(sys.argv[3])) as ex:
+    for stem, s in zip(pairing.pairs, ex.map(partial(_score_one, pairing), pairing.pairs)):
+        acc.add(city_of(stem), s)
+print(acc.compute()["final"])
+"""
+
+
+def compare_pools(data: Path, repeat: int) -> None:
+    """Threads (what geopose evaluate does) against a process pool doing the same work."""
+    pred, truth = str(data / "pred"), str(data / "truth")
+    exe = [sys.executable, "-m", "geopose.cli.main", "evaluate", pred, truth]
+    variants = {f"threads x{n}": exe + ["-j", str(n)] for n in (1, 2, 4)}
+    for n in (2, 4):
+        variants[f"processes x{n} (fork)"] = [
+            sys.executable,
+            "-c",
+            PROCESS_POOL,
+            pred,
+            truth,
+            str(n),
+        ]
+    for name, cmd in variants.items():
+        print("  " + _summary(f"{name:22s}", [run_once(cmd) for _ in range(repeat)]))
 
 
 def main() -> None:
@@ -128,6 +173,7 @@ def main() -> None:
     ap.add_argument("--per-city", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0, help="--workers of geopose evaluate")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--compare", action="store_true", help="also threads vs processes, 1-4")
     args = ap.parse_args()
     tmp = None
     if args.data is None:
@@ -145,19 +191,14 @@ def main() -> None:
     )
     exe = [sys.executable, "-m", "geopose.cli.main"]
     cmd = exe + ["evaluate", str(args.data / "pred"), str(args.data / "truth")]
-    cmd += ["--workers", str(args.workers)]
-    t_help = min(run_once(exe + ["--help"])[0] for _ in range(3))
-    print(f"geopose --help (start-up + imports): {t_help:.3f} s")
+    cmd += ["-j", str(args.workers)]
+    help_rows = [run_once(exe + ["--help"]) for _ in range(3)]
+    print(_summary("geopose --help (start-up and imports)", help_rows))
     rows = [run_once(cmd) for _ in range(args.repeat)]
-    walls = sorted(r[0] for r in rows)
-    print(
-        f"geopose evaluate --workers {args.workers}: wall median {walls[len(walls) // 2]:.3f} s "
-        f"(min {walls[0]:.3f}, max {walls[-1]:.3f}, {args.repeat} runs)"
-    )
-    print(
-        f"peak RSS, process tree (sampled): {max(r[1] for r in rows) / 2**20:.0f} MiB; "
-        f"max RSS of the child (getrusage): {max(r[2] for r in rows) / 2**20:.0f} MiB"
-    )
+    print(_summary(f"geopose evaluate -j {args.workers}", rows))
+    if args.compare:
+        print("threads vs processes (same work, whole process tree):")
+        compare_pools(args.data, args.repeat)
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     if tmp is not None:
         tmp.cleanup()

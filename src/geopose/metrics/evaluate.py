@@ -158,22 +158,17 @@ def score_pairs(
     Returns the JSON-ready result (see :func:`evaluate_folders`); ``on_image(stem)`` is called
     after each image (progress).
     """
-    from threadpoolctl import threadpool_limits
-
     workers = default_workers() if not workers else max(1, int(workers))
     acc = ScoreAccumulator()
     mismatches: list[SizeMismatch] = []
-    # The parallelism is ours (one image per thread): multi-threaded BLAS dot products on
-    # top of it oversubscribe the cores (10-40× slower on a busy 2-core machine).
-    with threadpool_limits(limits=1, user_api="blas"):
-        results = _map_bounded(lambda s: (s, _score_one(pairing, s)), pairing.pairs, workers)
-        for stem, res in results:
-            if isinstance(res, SizeMismatch):
-                mismatches.append(res)
-            else:
-                acc.add(city_of(stem), res)
-            if on_image is not None:
-                on_image(stem)
+    results = _map_bounded(lambda s: (s, _score_one(pairing, s)), pairing.pairs, workers)
+    for stem, res in results:
+        if isinstance(res, SizeMismatch):
+            mismatches.append(res)
+        else:
+            acc.add(city_of(stem), res)
+        if on_image is not None:
+            on_image(stem)
     out = acc.compute()
     out.update(
         pred_dir=str(pairing.pred_dir),
