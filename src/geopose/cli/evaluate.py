@@ -78,7 +78,14 @@ def evaluate(
         fail(missing_message(pairing) + " (pass --partial to score the rest)")
     if not pairing.pairs:
         fail(f"{pred_dir}: no prediction matches a truth image")
-    result = score_pairs(pairing, workers)
+    if err_console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("scoring", total=len(pairing.pairs))
+            result = score_pairs(pairing, workers, on_image=lambda _: progress.advance(task))
+    else:
+        result = score_pairs(pairing, workers)
     for m in result["size_mismatch"]:
         err_console.print(
             f"size mismatch: {m['stem']}: prediction {m['pred'][0]}×{m['pred'][1]}, "
