@@ -43,6 +43,14 @@ def scored(tmp_path_factory):
     return ds, pred
 
 
+@pytest.fixture(scope="module")
+def page(scored) -> str:
+    """The report with truth and images, 2 worst + 2 best figures (built once)."""
+    ds, pred = scored
+    train = ds.root / "train"
+    return build_report(pred, truth_dir=train, images_dir=train, n_show=2)
+
+
 class Tables(HTMLParser):
     """Cell texts of every <table id=...>, and every <img src>."""
 
@@ -83,10 +91,9 @@ def parse(page: str) -> Tables:
     return p
 
 
-def test_report_scores_match_evaluate_and_rank_images(scored):
+def test_report_scores_match_evaluate_and_rank_images(scored, page):
     ds, pred = scored
     train = ds.root / "train"
-    page = build_report(pred, truth_dir=train, images_dir=train, n_show=2)
     doc = parse(page)
     want = evaluate_folders(pred, train, workers=1)
     rows = {r[0]: r for r in doc.tables["scores"][1:]}
@@ -119,8 +126,11 @@ def test_report_without_truth_lists_predictions(scored):
 def test_report_cli_errors(scored, tmp_path, capsys):
     ds, pred = scored
     out = tmp_path / "r.html"
-    code, text = run_cli(capsys, "report", pred, "--truth", ds.root / "train", "--out", out)
+    code, text = run_cli(
+        capsys, "report", pred, "--truth", ds.root / "train", "--out", out, "--show", "1"
+    )
     assert code == 0, text
+    assert parse(out.read_text()).tables["scores"]
     code, text = run_cli(capsys, "report", pred, "--out", out)
     assert code == 1 and "exists already" in text
     partial = tmp_path / "partial"
@@ -173,10 +183,8 @@ def run_chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
-def test_report_renders_in_headless_chromium(scored, tmp_path):
-    ds, pred = scored
-    train = ds.root / "train"
-    page = build_report(pred, truth_dir=train, images_dir=train, n_show=2)
+def test_report_renders_in_headless_chromium(scored, page, tmp_path):
+    ds, _ = scored
     html_path = tmp_path / "report.html"
     html_path.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
     res = run_chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", html_path.as_uri())
