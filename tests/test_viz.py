@@ -112,16 +112,28 @@ def test_score_bars_carry_the_scores():
 
 
 def write_lightning_csv(path):
+    """A log shaped like ``geopose train``'s CSVLogger output: sparse rows, one per log call."""
     rows = []
     for step in range(0, 50, 5):
-        rows.append({"epoch": step // 10, "step": step, "train/loss_step": 10 / (step + 1)})
-        if step % 10 == 9 or step % 10 == 5:
+        loss = 10 / (step + 1)
+        rows.append(
+            {
+                "epoch": step // 10,
+                "step": step,
+                "train/loss": loss,
+                "train/agl": loss / 2,
+                "train/grad_norm": 3.0 + step,
+            }
+        )
+        if step % 10 == 5:
             rows.append(
                 {
                     "epoch": step // 10,
                     "step": step,
                     "val/loss": 5 / (step + 1),
                     "val/score": step / 50,
+                    "val/r2_agl": step / 60,
+                    "val/angle_error_deg": 9.0,
                 }
             )
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -131,13 +143,19 @@ def write_lightning_csv(path):
 def test_training_curves_plot_every_metric(tmp_path):
     log = write_lightning_csv(tmp_path / "metrics.csv")
     fig = training_curves(tmp_path / "metrics.csv")
-    loss_ax, metric_ax = fig.axes[:2]
+    loss_ax, score_ax, other_ax = fig.axes[:3]
     lines = {ln.get_label(): ln for ln in loss_ax.get_lines()}
-    assert set(lines) == {"train/loss_step", "val/loss"}
+    assert set(lines) == {"train/loss", "train/agl", "val/loss"}
     want = log[["step", "val/loss"]].dropna()
+    np.testing.assert_allclose(lines["val/loss"].get_xdata(), want["step"])
     np.testing.assert_allclose(lines["val/loss"].get_ydata(), want["val/loss"])
     assert loss_ax.get_yscale() == "log"  # losses spanning > 20x
-    assert [ln.get_label() for ln in metric_ax.get_lines()] == ["val/score"]
+    assert {ln.get_label() for ln in score_ax.get_lines()} == {"val/score", "val/r2_agl"}
+    assert score_ax.get_yscale() == "linear"
+    assert {ln.get_label() for ln in other_ax.get_lines()} == {
+        "train/grad_norm",
+        "val/angle_error_deg",
+    }
     with pytest.raises(GeoposeDataError, match="not found"):
         training_curves(tmp_path / "nope.csv")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")

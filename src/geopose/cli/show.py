@@ -10,9 +10,9 @@ from geopose.cli.app import app, console, fail
 
 
 def _truth_for(truth: Path | None, stem: str):
-    from geopose.viz.report import _read_truth
+    from geopose.viz.report import read_truth
 
-    return None if truth is None else _read_truth(truth, stem)
+    return None if truth is None else read_truth(truth, stem)
 
 
 def _stem_of(path: Path) -> str:

@@ -242,9 +242,27 @@ def score_bars(scores: Mapping, title: str = "Scores per city") -> Figure:
     return fig
 
 
+def _metric_groups(names: list[str]) -> dict[str, list[str]]:
+    """Split logged metric names into panels: ``loss`` (losses and the training loss parts of
+    ``geopose train``: ``train/loss``, ``train/agl``, ``val/loss``), ``score`` (score, R²) and
+    ``other`` (angle error, scale error, gradient norm, learning rate, ...)."""
+    groups: dict[str, list[str]] = {"loss": [], "score": [], "other": []}
+    for name in names:
+        low = name.lower()
+        if "score" in low or "r2" in low:
+            groups["score"].append(name)
+        elif "loss" in low or (
+            low.startswith("train/") and not any(k in low for k in ("grad", "lr", "error"))
+        ):
+            groups["loss"].append(name)
+        else:
+            groups["other"].append(name)
+    return groups
+
+
 def training_curves(csv_path: str | Path, title: str | None = None) -> Figure:
-    """Every numeric column of a Lightning CSV log (``metrics.csv``) against the step: losses
-    on the left axis (log scale when positive), other metrics on the right panel."""
+    """Every numeric column of a Lightning CSV log (``metrics.csv``) against the step, in up to
+    three panels (losses, log scale when they span > 20×; scores and R²; other metrics)."""
     import pandas as pd
 
     csv_path = Path(csv_path)
@@ -266,9 +284,7 @@ def training_curves(csv_path: str | Path, title: str | None = None) -> Figure:
     ]
     if not metrics:
         raise GeoposeDataError(csv_path, "no metric columns with values")
-    losses = [c for c in metrics if "loss" in c.lower()]
-    others = [c for c in metrics if c not in losses]
-    groups = [(g, n) for g, n in ((losses, "loss"), (others, "metric")) if g]
+    groups = [(g, n) for n, g in _metric_groups(metrics).items() if g]
     fig, axes = _new_figure(1, len(groups), panel=1.0)
     fig.set_size_inches(5.0 * len(groups), 3.4)
     for ax, (cols, ylabel) in zip(axes[0], groups, strict=True):
@@ -277,7 +293,8 @@ def training_curves(csv_path: str | Path, title: str | None = None) -> Figure:
             marker = "o" if len(d) < 30 else None
             ax.plot(d[x_col], d[c], marker=marker, ms=3, lw=1.2, label=c)
         vals = log[cols].to_numpy(dtype=float)
-        if ylabel == "loss" and np.nanmin(vals) > 0 and np.nanmax(vals) / np.nanmin(vals) > 20:
+        positive = np.nanmin(vals) > 0
+        if ylabel != "score" and positive and np.nanmax(vals) / np.nanmin(vals) > 20:
             ax.set_yscale("log")
         ax.set_xlabel(x_col)
         ax.set_ylabel(ylabel)

@@ -117,7 +117,9 @@ def image_table(rows: list[ImageRow], with_scores: bool) -> str:
     return f'<div class="scroll"><table id="images">{"".join(out)}</table></div>'
 
 
-def _read_truth(truth_dir: Path, stem: str):
+def read_truth(truth_dir: Path, stem: str):
+    """The :class:`~geopose.viz.figures.Truth` of ``stem`` from a truth folder
+    (``{stem}_AGL.tif`` + ``{stem}_VFLOW.json``)."""
     from geopose.viz.figures import Truth
 
     agl_p, vflow_p = truth_dir / agl_name(stem), truth_dir / vflow_name(stem)
@@ -165,7 +167,7 @@ def collect(
             float(finite.max()) if finite.size else math.nan,
         )
         if acc is not None:
-            t = _read_truth(truth_dir, stem)
+            t = read_truth(truth_dir, stem)
             if t.agl.shape != agl.shape:
                 raise GeoposeDataError(
                     pred_dir / agl_name(stem), f"size {agl.shape} differs from truth {t.agl.shape}"
@@ -195,7 +197,7 @@ def _image_section(
     for r in rows:
         rgb = read_rgb(find_rgb(images_dir, r.stem)) if images_dir is not None else None
         agl = read_agl(pred_dir / agl_name(r.stem))
-        truth = _read_truth(truth_dir, r.stem) if truth_dir is not None else None
+        truth = read_truth(truth_dir, r.stem) if truth_dir is not None else None
         caption = r.stem
         if r.metrics:
             caption += f": score {r.metrics['score']:.4f}"
