@@ -114,6 +114,12 @@ def test_cli_folder_mode(fake_dataset, tmp_path, capsys):
         angle, scale = fake_dataset.vflow[stem]
         want = rectify(fake_dataset.rgb[stem], fake_dataset.agl[stem], angle, scale)
         np.testing.assert_array_equal(got, want.rgb)
+    # a data set folder works as --images too (its train/ and test/ are searched)
+    code, text = run_cli(
+        capsys, "rectify", "--images", fake_dataset.root, "--pred", train, "--out", tmp_path / "d"
+    )
+    assert code == 0, text
+    assert len(list((tmp_path / "d").glob("*_NADIR_RGB.png"))) == len(fake_dataset.train)
     # heights only, without images
     code, text = run_cli(capsys, "rectify", "--pred", train, "--out", tmp_path / "h")
     assert code == 0, text

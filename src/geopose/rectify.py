@@ -320,13 +320,15 @@ def prediction_stems(pred_dir: str | Path) -> list[str]:
 
 
 def find_rgb(images_dir: str | Path, stem: str) -> Path:
-    """The ``{stem}_RGB.*`` image in ``images_dir`` (any readable suffix)."""
+    """The ``{stem}_RGB.*`` image (any readable suffix) in ``images_dir``, or, when that is a
+    data set folder, in its ``test/`` or ``train/``."""
     from geopose.io import rgb_name
     from geopose.io.rasters import RGB_SUFFIXES
 
     images_dir = Path(images_dir)
-    for suffix in RGB_SUFFIXES:
-        p = images_dir / rgb_name(stem, suffix)
-        if p.is_file():
-            return p
+    for folder in (images_dir, images_dir / "test", images_dir / "train"):
+        for suffix in RGB_SUFFIXES:
+            p = folder / rgb_name(stem, suffix)
+            if p.is_file():
+                return p
     raise GeoposeDataError(images_dir / rgb_name(stem, ".*"), "no RGB image for this prediction")
