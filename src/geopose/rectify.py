@@ -101,9 +101,10 @@ def _fill_gaps(zbuf: np.ndarray, agl: np.ndarray) -> np.ndarray:
     """Fill one-pixel gaps: empty pixels whose two neighbours on a line through them
     (horizontal, vertical or a diagonal) are both reached. Of the lines whose ends are reached,
     the one whose two heights agree best is taken (the surface the gap lies on) and the gap gets
-    its lower end: never an invented value, and on synthetic scenes (geopose.synth, 7,600 gaps)
-    within 0.5 m of the true height for 94% of the gaps, against 77% for the tallest and 82%
-    for the mean neighbour. Edits ``zbuf``; returns the filled mask."""
+    its lower end: never an invented value, and on synthetic scenes (geopose.synth, 64 renders,
+    28,000 gaps) within 0.5 m of the true height for 83% of the gaps (mean error 0.42 m),
+    against 54% for the tallest neighbour, 74% for the line's mean and 80% for the median
+    neighbour. Edits ``zbuf``; returns the filled mask."""
     reached = zbuf != _EMPTY
     gap = np.zeros_like(reached)
     gap[:, 1:-1] |= reached[:, :-2] & reached[:, 2:]
