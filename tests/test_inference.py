@@ -241,3 +241,25 @@ def test_predictor_tiles_large_images(model):
     assert tiled.agl.shape == whole.agl.shape == (96, 136)
     assert np.isfinite(tiled.mag).all() and (tiled.agl >= 0).all()
     assert not np.allclose(tiled.mag, whole.mag)  # it did tile
+
+
+def test_cuda_out_of_memory_falls_back_to_smaller_tiles(monkeypatch):
+    """An OOM on the whole image retries in halved tiles (the loop only; no GPU needed)."""
+    pred = Predictor([LocalConv()], tta="none", tile_size=0)
+    tiles = []
+
+    def run(img, gsd, city, tile):
+        tiles.append(tile)
+        if tile == 0 or tile > 300:
+            raise torch.OutOfMemoryError("fake")
+        z = torch.zeros(1, 1, *img.shape[-2:])
+        return GeoposeOutput(z, z, torch.tensor([[0.0, 1.0]]), torch.ones(1))
+
+    monkeypatch.setattr(pred, "_run", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    rgb = np.random.default_rng(7).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    with pytest.raises(torch.OutOfMemoryError):  # never retried on the CPU
+        pred.predict(rgb, 0.3)
+    pred.device = torch.device("cuda")  # only the fallback looks at it; _run is faked
+    out = pred.predict(rgb, 0.3)
+    assert tiles[1:] == [0, 400, 256] and out.agl.shape == (600, 800)

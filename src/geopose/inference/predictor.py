@@ -48,6 +48,8 @@ from geopose.io import (
 from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
 from geopose.rectify import Georef, _write_geotiff, read_georef
 
+MIN_TILE = 256
+"""Smallest tile (px) the CUDA out-of-memory fallback goes down to."""
 METRES_PER_DEGREE = 111_320.0
 """Metres per degree of latitude (and of longitude at the equator), for geographic CRSs."""
 
@@ -303,16 +305,18 @@ class Predictor:
         Negative heights are clipped to 0 m.
         """
         img = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)
+        side = max(img.shape[-2:])
         tile = self.tile_size
         while True:
             try:
                 out = self._run(img, gsd, city, tile)
                 break
             except torch.OutOfMemoryError:
-                if self.device.type != "cuda" or min(tile or max(img.shape), max(img.shape)) <= 256:
+                current = tile if 0 < tile < side else side
+                if self.device.type != "cuda" or current <= MIN_TILE:
                     raise
                 torch.cuda.empty_cache()
-                tile = max(256, (tile or max(img.shape[-2:])) // 2)
+                tile = max(MIN_TILE, current // 2)  # retry in smaller tiles
         agl = out.agl[0, 0].clamp_min(0).cpu().numpy()
         return ImagePrediction(
             agl=agl,
