@@ -1,0 +1,335 @@
+"""Training on tiny synthetic data on CPU: learning, validation and checkpoints, exact resume,
+the NaN guard, initialisation from a checkpoint, 2-process gloo DDP, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geopose.config import resolve_config
+from geopose.errors import GeoposeDataError
+from geopose.synth.dataset import write_dataset
+from geopose.training import TrainingDiverged, train
+
+BASE = [
+    "data.crop=64",
+    "data.batch_size=4",
+    "data.workers=0",
+    "data.folds=4",
+    "train.progress=false",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The 2-core test machine is shared: one intra-op thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    write_dataset(out, 16, 2, 96, seed=5)
+    return out
+
+
+def config(data_dir: Path, *overrides: str) -> dict:
+    return resolve_config("cpu_small", [f"data.root={data_dir}", *BASE, *overrides])
+
+
+class Recorder(L.Callback):
+    """Training loss and global step of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if outputs is not None:
+            self.losses[trainer.global_step] = float(outputs["loss"])
+
+
+class Kill(L.Callback):
+    """Raise (as a crash or kill would) before the batch after optimizer step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
+def test_loss_decreases_and_the_run_folder_is_complete(data_dir, tmp_path):
+    cfg = config(
+        data_dir,
+        "data.fold=null",
+        "data.aug=none",
+        "train.max_steps=24",
+        "train.lr=2e-3",
+        "train.scheduler=constant",
+    )
+    rec = Recorder()
+    summary = train(cfg, tmp_path / "run", callbacks=[rec])
+    steps = sorted(rec.losses)
+    assert summary["global_step"] == 24 and steps[-1] == 24
+    first = np.mean([rec.losses[s] for s in steps[:5]])
+    last = np.mean([rec.losses[s] for s in steps[-5:]])
+    assert last < 0.7 * first, (first, last)
+    run = tmp_path / "run"
+    for name in (
+        "config.yaml",
+        "checkpoints/config.yaml",
+        "checkpoints/last.ckpt",
+        "summary.json",
+        "folds.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "logs" / "csv").glob("version_*/metrics.csv"))
+    assert list((run / "logs" / "tensorboard").glob("version_*/events.*"))
+    # The checkpoint contract: full config in hyper_parameters, weights under model.
+    from geopose.models import load_checkpoint
+
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["config"] == cfg
+    model, saved = load_checkpoint(run / "checkpoints/last.ckpt")
+    assert saved["train"]["max_steps"] == 30 and saved["model"] == cfg["model"]
+
+
+def test_validation_score_and_best_checkpoints(data_dir, tmp_path):
+    cfg = config(
+        data_dir,
+        "data.aug=light",
+        "train.epochs=4",
+        "train.save_top_k=2",
+        "data.samples_per_epoch=8",
+    )
+    summary = train(cfg, tmp_path / "run")
+    metrics = pd.concat(pd.read_csv(p) for p in (tmp_path / "run/logs/csv").glob("*/metrics.csv"))
+    scores = metrics["val/score"].dropna()
+    assert len(scores) == 3 and np.isfinite(scores).all()
+    for key in ("val/angle_error_deg", "val/r2_agl", "val/r2_vflow", "val/loss", "lr-AdamW"):
+        assert metrics[key].notna().any(), key
+    ckpts = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("epoch=*.ckpt"))
+    assert len(ckpts) == 2 and (tmp_path / "run/checkpoints/last.ckpt").is_file()
+    assert summary["best_score"] == pytest.approx(float(scores.max()), abs=1e-6)
+    assert f"score={scores.max():.4f}" in summary["best_checkpoint"]
+
+
+def test_kill_and_resume_continues_exactly(data_dir, tmp_path):
+    # 3 steps per epoch: the kill after step 4 is in the middle of epoch 1.
+    over = (
+        "data.fold=null",
+        "data.aug=heavy",
+        "data.samples_per_epoch=12",
+        "train.max_steps=7",
+        "train.ckpt_every_steps=2",
+        "train.lr=1e-3",
+        "train.warmup_steps=2",
+        "train.restart_epochs=1",
+    )
+    full = Recorder()
+    train(config(data_dir, *over), tmp_path / "full", callbacks=[full])
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config(data_dir, *over), tmp_path / "cut", callbacks=[Kill(at=4)])
+    ckpt = torch.load(
+        tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["global_step"] == 4
+    resumed = Recorder()
+    summary = train(config(data_dir, *over), tmp_path / "cut", resume=True, callbacks=[resumed])
+    assert summary["global_step"] == 7 and sorted(resumed.losses) == [5, 6, 7]
+    for step in (5, 6, 7):  # the same next batches, the same losses
+        assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6)
+    a, b = (
+        _weights(tmp_path / "full/checkpoints/last.ckpt"),
+        _weights(tmp_path / "cut/checkpoints/last.ckpt"),
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+class Poison(L.Callback):
+    """Turn the batch of optimizer step ``at`` into NaN images; keep the weights before it
+    and at the end of training."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.before, self.after = at, None, None
+
+    @staticmethod
+    def _copy(module) -> dict[str, torch.Tensor]:
+        # Parameters only: the poisoned forward pass did update BatchNorm's running statistics
+        # (in memory), which is why nothing is saved after it.
+        return {k: v.detach().clone() for k, v in module.model.named_parameters()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            batch["image"][0] = float("nan")
+            self.before = self._copy(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.after = self._copy(pl_module)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    cfg = config(
+        data_dir,
+        "data.fold=null",
+        "data.aug=none",
+        "train.max_steps=20",
+        "train.ckpt_every_steps=2",
+    )
+    poison = Poison(at=3)
+    with pytest.raises(TrainingDiverged, match=r"not finite\) at step 3.*last good checkpoint"):
+        train(cfg, tmp_path / "run", callbacks=[poison])
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2  # nothing written after the poisoned batch
+    assert all(torch.isfinite(v).all() for v in _weights(last).values())
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert (
+        summary["global_step"] == 4 and "not finite" in summary["stopped"]
+    )  # skipped step counted
+    # The poisoned step was skipped: the parameters in memory are those from before it.
+    assert poison.before is not None and poison.after is not None
+    for k, v in poison.before.items():
+        torch.testing.assert_close(poison.after[k], v, rtol=0, atol=0)
+
+
+def test_init_from_loads_the_weights(data_dir, tmp_path):
+    from geopose.training.run import _init_weights
+    from geopose.training.task import GeoposeTask
+
+    cfg = config(data_dir, "data.fold=null", "data.aug=none", "train.max_steps=2")
+    train(cfg, tmp_path / "a")
+    last = tmp_path / "a/checkpoints/last.ckpt"
+    task = GeoposeTask(cfg)
+    _init_weights(task, str(last))
+    for k, v in _weights(last).items():
+        torch.testing.assert_close(task.state_dict()[k], v)
+    other = GeoposeTask(resolve_config("cpu_small", ["model.decoder.channels=[64,32,16]"]))
+    with pytest.raises(GeoposeDataError, match="do not fit"):
+        _init_weights(other, str(last))
+
+
+def test_two_process_gloo_ddp_agrees_on_weights(data_dir, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "geopose.cli.main",
+        "train",
+        "--config",
+        "cpu_small",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(run),
+        *BASE,
+        "data.fold=null",
+        "data.aug=light",
+        "train.max_steps=3",
+        "data.batch_size=2",
+        "train.accelerator=cpu",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 3
+    sums = np.array(summary["rank_checksums"])
+    assert sums.shape == (2, 2)
+    np.testing.assert_allclose(sums[0], sums[1], rtol=0, atol=0)
+    assert (run / "checkpoints/last.ckpt").is_file()
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from geopose.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+def test_cli_trains_resumes_and_refuses(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--config",
+        "cpu_small",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(run),
+        *BASE,
+        "data.fold=null",
+        "data.aug=none",
+        "train.max_steps=2",
+    ]
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert "2 steps" in out
+    code, _, err = _cli(capsys, *args)
+    assert code == 1 and "exists already" in err and "--overwrite" in err
+    code, out, err = _cli(capsys, "train", "--resume", str(run), "train.max_steps=4")
+    assert code == 0, err
+    assert "4 steps" in out
+    saved = resolve_config(str(run / "config.yaml"))
+    assert saved["train"]["max_steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1e-3", "unknown config key 'train.lrr'; did you mean train.lr"),
+        ("data.crop=big", "data.crop: expected a number"),
+        ("train.scheduler=fast", "train.scheduler: 'fast' is not one of"),
+        ("model.encoder_width=3", "unknown key"),
+        ("data.fold=9", "data.fold: 9 is not below data.folds"),
+    ],
+)
+def test_cli_config_errors_are_one_clear_line(data_dir, tmp_path, capsys, override, message):
+    code, _, err = _cli(
+        capsys,
+        "train",
+        "--config",
+        "cpu_small",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "r"),
+        override,
+    )
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_resume_without_a_run_is_an_error(tmp_path, capsys):
+    code, _, err = _cli(capsys, "train", "--resume", str(tmp_path / "none"))
+    assert code == 1 and "config.yaml" in err
