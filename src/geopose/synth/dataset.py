@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopose.errors import OutputExistsError
+from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.io import (
     agl_name,
     rgb_name,
@@ -192,7 +192,7 @@ def _init_worker() -> None:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; then clear our earlier outputs."""
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(out)
+        raise GeoposeDataError(out, "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(out)
