@@ -234,7 +234,8 @@ class DenseOrientationHead(nn.Module):
         """Decoder map (padded, stride s), AGL B×1×H×W (m, cropped), padded size -> B×2 unit."""
         v = F.interpolate(self.field(dec), size=pad_hw, mode="bilinear", align_corners=False)
         v = F.normalize(v[:, :, : agl.shape[2], : agl.shape[3]], dim=1, eps=1e-6)
-        a = agl.detach() if self.detach_agl else agl
+        a = (agl.detach() if self.detach_agl else agl).float()
+        v = v.float()
         logits = (gradient_magnitude(a) * self.log_beta.exp()).flatten(1)
         w = torch.softmax(logits, dim=1)  # B×HW
         return unit((v.flatten(2) * w[:, None, :]).sum(dim=2))
@@ -250,6 +251,7 @@ def flow_pose(
     direction B×2 (unit), scale B (px/m, = |v|) and MAG B×1×H×W (px, flow projected on the
     direction). Inconsistent flow directions shrink |v|, i.e. the scale: the expected flow.
     """
+    flow, agl = flow.float(), agl.float()  # sums over all pixels: float32 even under AMP
     a = agl.detach() if detach_agl else agl
     num = (flow * a).sum(dim=(2, 3))  # B×2
     den = (a * a).sum(dim=(2, 3)) + 1e-6  # B×1
@@ -262,5 +264,6 @@ def flow_pose(
 
 def lstsq_scale(mag: torch.Tensor, agl: torch.Tensor, detach_agl: bool = True) -> torch.Tensor:
     """Scale (px/m) B as the least-squares ratio ``Σ mag·agl / Σ agl²`` of each image."""
+    mag, agl = mag.float(), agl.float()
     a = agl.detach() if detach_agl else agl
     return (mag * a).sum(dim=(1, 2, 3)) / ((a * a).sum(dim=(1, 2, 3)) + 1e-6)

@@ -42,7 +42,7 @@ LOSS_DEFAULTS: dict[str, dict | None] = {
 
 def _residual(pred: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual with 0 where the truth is not finite, validity mask)."""
-    true = true.reshape(pred.shape)
+    pred, true = pred.float(), true.reshape(pred.shape).float()  # float32 under AMP too
     mask = torch.isfinite(true)
     res = torch.where(mask, pred - torch.nan_to_num(true, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
     return res, mask
@@ -104,7 +104,7 @@ def r2_loss(pred: torch.Tensor, true: torch.Tensor, trim: float = 0.0) -> torch.
     residuals are dropped from both sums."""
     res, mask = _residual(pred, true)
     keep = _trim_mask(res * res, mask, trim)
-    t = torch.where(keep, torch.nan_to_num(true.reshape(pred.shape), nan=0.0), 0.0)
+    t = torch.where(keep, torch.nan_to_num(true.reshape(pred.shape).float(), nan=0.0), 0.0)
     n = keep.sum().clamp(min=1)
     mean = t.sum() / n
     sst = torch.where(keep, (t - mean) ** 2, 0.0).sum()
@@ -117,7 +117,7 @@ def direction_loss(
 ) -> torch.Tensor:
     """Seed 004's direction loss: cos_weight · mean(1 - cos(pred, true)) + mse_weight · MSE.
     B×2 vectors (sin a, cos a); rows with non-finite truth are ignored."""
-    true = true.reshape(pred.shape)
+    pred, true = pred.float(), true.reshape(pred.shape).float()
     ok = torch.isfinite(true).all(dim=1)
     t = torch.where(ok[:, None], torch.nan_to_num(true, nan=0.0), 0.0)
     p = torch.where(ok[:, None], pred, 0.0)
