@@ -8,7 +8,7 @@ competition (lossy, and lossless for comparison), and times decoding with Pillow
 (default threads, numthreads=0, numthreads=2), rasterio (GDAL JP2OpenJPEG) and OpenCV
 (cv2.imread + BGR->RGB), each checked against imagecodecs' pixels and for whether it rejects a
 truncated file (``geopose validate`` relies on that). Then geopose.io's AGL write/read
-(uint16 cm deflate, float32 m) and ``read_rgb`` throughput on a thread pool (as in validate).
+(uint16 cm deflate, float32 m) and imagecodecs throughput on a thread pool (as in validate).
 Decoders take turns over ``--repeats`` rounds after a warm-up; the table gives the fastest
 and median wall time and the median CPU time (all threads) per decode.
 """
@@ -81,10 +81,33 @@ DECODERS: dict[str, Callable[[Path], np.ndarray]] = {
     "imagecodecs (default)": decode_imagecodecs(None),
     "imagecodecs numthreads=0": decode_imagecodecs(0),
     "imagecodecs numthreads=2": decode_imagecodecs(2),
+    f"imagecodecs numthreads={os.cpu_count()} (CPU count)": decode_imagecodecs(os.cpu_count()),
     "rasterio (GDAL)": decode_rasterio,
     "OpenCV cv2.imread": decode_cv2,
     "geopose.io.read_rgb": read_rgb,
 }
+
+
+def threads_opened(fn: Callable[[], object]) -> int | None:
+    """Most extra OS threads seen in this process while ``fn`` runs (Linux /proc), or None."""
+    import threading
+
+    task = Path("/proc/self/task")
+    if not task.is_dir():
+        return None
+    base, peak, stop = len(list(task.iterdir())) + 1, [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], len(list(task.iterdir())))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    fn()
+    stop.set()
+    watcher.join()
+    return max(0, peak[0] - base)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -158,21 +181,25 @@ def _maxdiff(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def bench_pool(tmp: Path, rgb: np.ndarray, repeats: int) -> list[tuple]:
-    """read_rgb-style decoding of 8 files on a thread pool, as geopose validate does."""
+    """imagecodecs decoding of 8 files on a thread pool, as geopose validate does.
+
+    Returns (pool threads, OpenJPEG threads per image, wall s per file, CPU s per file); CPU
+    over wall shows how many cores were really used.
+    """
     path = write_rgb(tmp / "pool_RGB.j2k", rgb)
     files = [path] * 8
-    rows = []
+    fns = {}
     for workers in (1, 2, 4):
-        for numthreads in (1, 0):
+        for numthreads in (1, 2):
             decode = decode_imagecodecs(numthreads)
 
             def run(decode=decode, workers=workers):
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(decode, files))
 
-            secs = timed(run, max(1, repeats // 2))
-            rows.append((workers, numthreads, secs / len(files)))
-    return rows
+            fns[(workers, numthreads)] = run
+    times = timed_round_robin(fns, max(1, repeats // 2))
+    return [(w, n, t[0] / len(files), t[2] / len(files)) for (w, n), t in times.items()]
 
 
 def bench_agl(tmp: Path, size: int, repeats: int) -> list[tuple]:
@@ -202,13 +229,19 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # truncation probes
     print(
-        f"# bench_io: {args.size}×{args.size}, median of {args.repeats}; "
+        f"# bench_io: {args.size}×{args.size}, {args.repeats} rounds; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load {os.getloadavg()[0]:.2f}"
     )
     rgb = realistic_rgb(args.size)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        probe = write_rgb(tmp / "probe_RGB.j2k", rgb, quality=0).read_bytes()
+        opened = {
+            n: threads_opened(lambda n=n: imagecodecs.jpeg2k_decode(probe, numthreads=n))
+            for n in (None, 0, 1, 2)
+        }
+        print("OpenJPEG threads opened by imagecodecs numthreads=" + str(opened))
         print(
             "\n| J2K file | ratio | decoder | fastest ms | median ms | CPU ms "
             "| pixels vs imagecodecs | rejects truncated |"
@@ -217,10 +250,13 @@ def main() -> None:
         for label, ratio, name, times, same, trunc in bench_j2k(tmp, rgb, args.repeats):
             ms = " | ".join(f"{t * 1e3:.0f}" for t in times)
             print(f"| {label} | {ratio:.1f}:1 | {name} | {ms} | {same} | {trunc} |")
-        print("\n| read_rgb-style decode of 8 files | threads | numthreads | ms per file |")
-        print("|---|---|---|---|")
-        for workers, numthreads, secs in bench_pool(tmp, rgb, args.repeats):
-            print(f"| lossy 40 dB | {workers} | {numthreads} | {secs * 1e3:.0f} |")
+        print(
+            "\n| 8 files, lossy 40 dB | pool threads | numthreads | fastest ms per file "
+            "| CPU ms per file |"
+        )
+        print("|---|---|---|---|---|")
+        for workers, numthreads, secs, cpu in bench_pool(tmp, rgb, args.repeats):
+            print(f"| | {workers} | {numthreads} | {secs * 1e3:.0f} | {cpu * 1e3:.0f} |")
         print("\n| AGL TIFF | MiB | write_agl ms | read_agl ms | rasterio read ms |")
         print("|---|---|---|---|---|")
         for label, mib, w, r, r_rio in bench_agl(tmp, args.size, args.repeats):

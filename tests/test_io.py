@@ -65,6 +65,7 @@ def test_rgb_lossless_round_trip(tmp_path, rgb, suffix):
     back = read_rgb(path)
     assert back.dtype == np.uint8 and back.shape == rgb.shape
     np.testing.assert_array_equal(back, rgb)
+    np.testing.assert_array_equal(read_rgb(path, threads=2), rgb)
 
 
 def test_rgb_j2k_lossy_is_close_and_smaller(tmp_path, rgb):

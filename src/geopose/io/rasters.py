@@ -33,10 +33,10 @@ def _require_file(path: Path) -> None:
         raise GeoposeDataError(path, "file is empty")
 
 
-def _decode_j2k(path: Path) -> np.ndarray:
+def _decode_j2k(path: Path, threads: int) -> np.ndarray:
     import imagecodecs
 
-    return imagecodecs.jpeg2k_decode(path.read_bytes(), numthreads=0)
+    return imagecodecs.jpeg2k_decode(path.read_bytes(), numthreads=threads)
 
 
 def _decode_tiff(path: Path) -> np.ndarray:
@@ -53,12 +53,15 @@ def _decode_pil(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, threads: int = 1) -> np.ndarray:
     """Read an RGB image as an H×W×3 uint8 array.
 
-    JPEG 2000 is decoded with imagecodecs (OpenJPEG, multi-threaded: the fastest measured, see
-    BENCHMARKS.md). A 4-band image keeps its first three bands; a band-first TIFF (3×H×W) is
-    moved to H×W×3.
+    JPEG 2000 is decoded with imagecodecs (OpenJPEG): the least CPU per image of the decoders
+    measured (BENCHMARKS.md, "I/O"), exact OpenJPEG pixels, and it rejects truncated files.
+    ``threads`` OpenJPEG threads per image: 1 (the default) costs the least CPU and suits
+    decoding many images in parallel (data loaders, thread pools: the decoder releases the
+    GIL); more only shorten one image's decode when cores are idle. A 4-band image keeps its
+    first three bands; a band-first TIFF (3×H×W) is moved to H×W×3.
     """
     path = Path(path)
     _require_file(path)
@@ -69,7 +72,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         )
     try:
         if suffix in J2K_SUFFIXES:
-            arr = _decode_j2k(path)
+            arr = _decode_j2k(path, threads)
         elif suffix in TIFF_SUFFIXES:
             arr = _decode_tiff(path)
         else:
