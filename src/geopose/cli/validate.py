@@ -32,8 +32,7 @@ def validate(
 ) -> None:
     """Check a data set, predictions folder or submission and report every problem at once.
 
-    One line per problem, naming the file; exit code 0 when clean, 1 when not. Nothing is
-    modified.
+    One line per problem, naming the file; exit 0 when clean, 1 when not. Nothing is modified.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
