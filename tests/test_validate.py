@@ -301,3 +301,9 @@ def test_detect_kind(tmp_path, fake_dataset):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(GeoposeDataError, match="not a submission archive"):
         validate(tmp_path / "x.txt")
+
+
+def test_missing_reference_folder_is_one_problem(tmp_path, images):
+    pred = good_predictions(tmp_path / "pred", images.test)
+    problems = validate_predictions(pred, images=tmp_path / "nowhere")
+    assert problems == [Problem(str(tmp_path / "nowhere"), "image folder not found")]

@@ -476,10 +476,8 @@ def _image_folder(images: Path) -> Path:
     return images / "test" if (images / METADATA_CSV).is_file() else images
 
 
-def _stems_of(folder: Path, kind: str, report: _Report) -> dict[str, Path]:
-    if not folder.is_dir():
-        report.add(folder, "folder not found")
-        return {}
+def _stems_of(folder: Path, kind: str) -> dict[str, Path]:
+    """stem -> path of the layout files of one kind in a folder."""
     out = {}
     for p in _visible(folder):
         parts = split_name(p)
@@ -506,7 +504,10 @@ def _check_against(
     if truth is not None:
         refs.append(("truth", Path(truth), "AGL"))
     for what, folder, kind in refs:
-        ref = _stems_of(folder, kind, report)
+        if not folder.is_dir():
+            report.add(folder, f"{what} folder not found")
+            continue
+        ref = _stems_of(folder, kind)
         for stem in sorted(set(ref) - set(stems)):
             report.add(label_of(agl_name(stem)), f"missing: no prediction for {what} {ref[stem]}")
         for stem, kinds in sorted(stems.items()):
