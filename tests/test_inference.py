@@ -105,7 +105,8 @@ def _predict(model, x, tta):
         return predict_tta(model, x, g, c, tta, max_batch=8)
 
 
-@pytest.mark.parametrize("which,shape", [("model", (64, 96)), ("pooled_model", (64, 64))])
+# (40, 56): non-square and not a multiple of the model's stride (each view padded differently).
+@pytest.mark.parametrize("which,shape", [("model", (40, 56)), ("pooled_model", (64, 64))])
 def test_d4_tta_is_exactly_equivariant(request, which, shape):
     model = request.getfixturevalue(which)
     x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(3))
@@ -139,6 +140,7 @@ def test_predictor_d4_equivariant_on_uint8_images(pooled_model):
     for k, t in [(1, False), FLIPLR, (2, True)]:
         p = pred.predict(np.ascontiguousarray(d4_image(rgb, k, t)), 0.5, 1)
         np.testing.assert_allclose(p.agl, d4_image(base.agl, k, t), atol=1e-5)
+        np.testing.assert_allclose(p.mag, d4_image(base.mag, k, t), atol=1e-5)
         assert angle_error_deg(p.angle, d4_angle(base.angle, k, t)) < 0.01
         assert p.scale == pytest.approx(base.scale, rel=1e-5)
 

@@ -25,14 +25,20 @@ from geopose.models import create_model, load_recipe
 from geopose.rectify import Georef
 
 
+def recipe() -> dict:
+    """cpu_small with a softplus AGL output: random weights then give positive heights (not
+    clipped to 0 m), so the AGL files carry information."""
+    cfg = load_recipe("cpu_small")
+    cfg["model"]["agl"]["out_activation"] = "softplus"
+    return cfg
+
+
 def save_checkpoint(path: Path, seed: int) -> Path:
-    """A Lightning-format checkpoint of a randomly initialised cpu_small model."""
+    """A Lightning-format checkpoint of a randomly initialised model."""
     torch.manual_seed(seed)
-    model = create_model("cpu_small")
+    model = create_model(recipe())
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(
-        {"hyper_parameters": {"config": load_recipe("cpu_small")}, "state_dict": state}, path
-    )
+    torch.save({"hyper_parameters": {"config": recipe()}, "state_dict": state}, path)
     return path
 
 
@@ -64,6 +70,7 @@ def test_submission_round_trip(tmp_path, capsys, ckpts, make_fake_dataset):
     predictor, _ = Predictor.from_checkpoints([(ckpts[0], 1.0)], tta="flip")
     for stem in ds.train:
         p = predictor.predict(read_rgb(ds.path(stem)), ds.gsd[stem], CITIES.index(stem[:3]))
+        assert p.agl.min() > 0.1  # heights, not clipped zeros
         np.testing.assert_allclose(read_agl(pred / f"{stem}_AGL.tif"), p.agl, atol=0.0051)
         v = read_vflow(pred / f"{stem}_VFLOW.json")
         assert angle_error_deg(v.angle, p.angle) < 1e-6 and v.scale == pytest.approx(p.scale)
@@ -171,7 +178,7 @@ def test_ensemble_spec(tmp_path, capsys, ckpts):
     code, out = cli(capsys, "predict", "--ensemble", spec, "--images", tmp_path / "imgs",
                     "--out", tmp_path / "o", "--tta", "none", "--gsd", "0.5")  # fmt: skip
     assert code == 0 and "2 model(s)" in out
-    models = [create_model("cpu_small") for _ in ckpts]
+    models = [create_model(recipe()) for _ in ckpts]
     for m, c in zip(models, ckpts, strict=True):
         m.load_state_dict({k[6:]: v for k, v in torch.load(c)["state_dict"].items()})
     want = Predictor(models, [3, 1], tta="none").predict(rgb, 0.5, CITIES.index("JAX"))
@@ -180,6 +187,7 @@ def test_ensemble_spec(tmp_path, capsys, ckpts):
     assert angle_error_deg(got.angle, want.angle) < 1e-6 and got.scale == pytest.approx(want.scale)
     np.testing.assert_allclose(read_agl(tmp_path / "o" / "JAX_e_AGL.tif"), want.agl, atol=0.0051)
     assert np.abs(want.agl - single.agl).max() > 0.05  # the second member mattered
+    assert angle_error_deg(want.angle, single.angle) > 1
     spec.write_text("members:\n  - missing.ckpt\n")
     code, out = cli(capsys, "predict", "--ensemble", spec, "--images", tmp_path / "imgs",
                     "--out", tmp_path / "o2", "--gsd", "0.5")  # fmt: skip
