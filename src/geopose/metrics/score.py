@@ -24,9 +24,10 @@ Decisions where the baseline is silent or unhelpful (documented in the README to
   and |scale error| (px/m) are means over the city's images.
 
 Numerics: every per-image statistic is a float64 sum of float64 products over row chunks (for
-uint16 centimetre inputs the sums are exact integers). ``SST = Σt² - (Σt)²/n`` is formed
-from float64 sums; for AGL and flow (|mean| and std of the same order) its relative error
-is ~1e-15. ``SST <= 1e-12 · Σt²`` is treated as 0 (constant truth up to rounding).
+uint16 centimetre inputs and heights below ~450 m the sums are exact integers).
+``SST = Σt² - (Σt)²/n`` is formed from float64 sums; for AGL and flow (|mean| and std of the
+same order) its relative error is ~1e-15. ``SST <= 1e-12 · Σt²`` is treated as 0 (constant
+truth up to rounding).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ FIELDS = (
 IDX = {name: i for i, name in enumerate(FIELDS)}
 N_FIELDS = len(FIELDS)
 
-_CHUNK_PIXELS = 1 << 17  # rows per chunk chosen so a float64 chunk stays in cache (~1 MiB)
+_CHUNK_PIXELS = 1 << 17  # pixels per row chunk: a float64 chunk (1 MiB) stays in cache
 _SST_REL_TOL = 1e-12
 
 
