@@ -90,6 +90,9 @@ def test_fast_reader_equals_io_reader(tmp_path):
         fast, raw = read_agl_fast(tmp_path / name), read_agl_raw(tmp_path / name)
         assert fast.dtype == raw.dtype and fast.shape == raw.shape
         np.testing.assert_array_equal(fast, raw)
+        # a reused buffer of another shape or dtype is ignored, one that fits is filled
+        for buf in (np.empty((3, 3), np.uint16), np.empty_like(raw, dtype=np.float64), raw * 0):
+            np.testing.assert_array_equal(read_agl_fast(tmp_path / name, out=buf), raw)
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(GeoposeDataError, match="bad.tif"):
         read_agl_fast(tmp_path / "bad.tif")
