@@ -132,38 +132,36 @@ def _summary(name: str, rows: list) -> str:
     )
 
 
-PROCESS_POOL = """
+POOLS = """
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from geopose.io import city_of
 from geopose.metrics import ScoreAccumulator
-from geopose.metrics.evaluate import _score_one, pair_folders
+from geopose.metrics.evaluate import _score_one, pair_folders, score_pairs
+kind, n = sys.argv[3], int(sys.argv[4])
 pairing = pair_folders(sys.argv[1], sys.argv[2])
-acc = ScoreAccumulator()
-with ProcessPoolExecutor(int(sys.argv[3])) as ex:
-    for stem, s in zip(pairing.pairs, ex.map(partial(_score_one, pairing), pairing.pairs)):
-        acc.add(city_of(stem), s)
-print(acc.compute()["final"])
+if kind == "threads":
+    final = score_pairs(pairing, n)["final"]
+else:
+    acc = ScoreAccumulator()
+    with ProcessPoolExecutor(n) as ex:
+        for stem, s in zip(pairing.pairs, ex.map(partial(_score_one, pairing), pairing.pairs)):
+            acc.add(city_of(stem), s)
+    final = acc.compute()["final"]
+print(final)
 """
 
 
 def compare_pools(data: Path, repeat: int) -> None:
-    """Threads (what geopose evaluate does) against a process pool doing the same work."""
+    """Threads (what geopose evaluate does) against a process pool (fork) doing the same work,
+    both from the same short script (same imports, no CLI)."""
     pred, truth = str(data / "pred"), str(data / "truth")
-    exe = [sys.executable, "-m", "geopose.cli.main", "evaluate", pred, truth]
-    variants = {f"threads x{n}": exe + ["-j", str(n)] for n in (1, 2, 4)}
-    for n in (2, 4):
-        variants[f"processes x{n} (fork)"] = [
-            sys.executable,
-            "-c",
-            PROCESS_POOL,
-            pred,
-            truth,
-            str(n),
-        ]
-    for name, cmd in variants.items():
-        print("  " + _summary(f"{name:22s}", [run_once(cmd) for _ in range(repeat)]))
+    for kind in ("threads", "processes"):
+        for n in (1, 2, 4):
+            cmd = [sys.executable, "-c", POOLS, pred, truth, kind, str(n)]
+            rows = [run_once(cmd) for _ in range(repeat)]
+            print("  " + _summary(f"{kind} x{n}", rows))
 
 
 def main() -> None:
@@ -197,7 +195,7 @@ def main() -> None:
     rows = [run_once(cmd) for _ in range(args.repeat)]
     print(_summary(f"geopose evaluate -j {args.workers}", rows))
     if args.compare:
-        print("threads vs processes (same work, whole process tree):")
+        print("threads vs processes (same work and imports, no CLI; whole process tree):")
         compare_pools(args.data, args.repeat)
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     if tmp is not None:
