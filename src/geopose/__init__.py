@@ -1,4 +1,4 @@
-"""geopose: geocentric pose (height above ground, flow angle and scale) of oblique satellite images."""
+"""geopose: geocentric pose (height above ground, flow angle, scale) of oblique satellite images."""
 
 from geopose.errors import GeoposeDataError, GeoposeError, OutputExistsError
 

@@ -19,6 +19,7 @@ from geopose.cli import rectify  # noqa: E402, F401  isort: skip
 from geopose.cli import report, show  # noqa: E402, F401  isort: skip
 from geopose.cli import predict  # noqa: E402, F401  isort: skip
 from geopose.cli import synth  # noqa: E402, F401  isort: skip
+from geopose.cli import demo  # noqa: E402, F401  isort: skip
 
 
 def _print_version(value: bool) -> None:
@@ -30,7 +31,11 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
     ),
 ) -> None:
     """Geocentric pose of oblique satellite images: height above ground, flow angle and scale."""
