@@ -244,6 +244,22 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
         torch.testing.assert_close(poison.after[k], v, rtol=0, atol=0)
 
 
+def test_batches_do_not_depend_on_the_number_of_workers(data_dir, tmp_path):
+    from geopose.training.datamodule import GeoposeDataModule
+
+    batches = []
+    for workers in (0, 2):
+        cfg = config(data_dir, "data.aug=heavy", f"data.workers={workers}")
+        dm = GeoposeDataModule(cfg, tmp_path / f"w{workers}")
+        dm.prepare()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        batches.append(next(iter(loader)))
+    assert batches[0]["stem"] == batches[1]["stem"]
+    for key in ("image", "agl", "direction", "scale", "gsd"):
+        torch.testing.assert_close(batches[0][key], batches[1][key], equal_nan=True)
+
+
 def test_init_from_loads_the_weights(data_dir, tmp_path):
     from geopose.training.run import _init_weights
     from geopose.training.task import GeoposeTask

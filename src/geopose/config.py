@@ -55,7 +55,7 @@ DATA: dict[str, Opt] = {
         "stratified (by city) | city (hold out cities)",
         choices=("stratified", "city"),
     ),
-    "fold_seed": Opt(0, "int", "seed of the stratified split"),
+    "fold_seed": Opt(0, "int", "seed of the stratified split", min=0),
     "folds_csv": Opt(None, "path", "folds csv, written once (null: RUN/folds.csv)", nullable=True),
     "val_max_images": Opt(None, "int", "validate on at most N images", min=1, nullable=True),
     "downsample": Opt(
@@ -118,7 +118,7 @@ TRAIN: dict[str, Opt] = {
         "auto | ddp | ddp_find_unused_parameters_true | ddp_spawn",
         choices=("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_spawn"),
     ),
-    "seed": Opt(0, "int", "seed of data order, augmentation and initialisation"),
+    "seed": Opt(0, "int", "seed of data order, augmentation and initialisation", min=0),
     "save_top_k": Opt(3, "int", "best checkpoints kept by validation score", min=0),
     "ckpt_every_steps": Opt(
         None, "int", "also refresh last.ckpt every N steps", min=1, nullable=True

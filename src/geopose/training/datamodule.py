@@ -127,7 +127,8 @@ class GeoposeDataModule(L.LightningDataModule):
             collate_fn=_collate,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
+            # Seeds come with the indices from the main process, so workers can persist.
+            persistent_workers=d["workers"] > 0,
         )
         return self._train_loader
 

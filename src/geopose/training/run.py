@@ -178,6 +178,8 @@ def train(
     dm.prepare()
     validate = config["data"]["fold"] is not None and bool(dm.val_rows)
     accel, devices, nodes, strategy, precision = _resolve_devices(t)
+    if accel == "gpu":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
     spe = dm.steps_per_epoch(devices * nodes)
     total = t["max_steps"] if t["max_steps"] > 0 else spe * t["epochs"]
     if rank0:
