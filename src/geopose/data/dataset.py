@@ -27,7 +27,8 @@ from geopose.transforms.photometric import PhotometricAugment
 
 def to_item(sample: Sample, city: int, stem: str) -> dict:
     """A :class:`Sample` -> the contract's sample dict of tensors."""
-    image = torch.from_numpy(np.ascontiguousarray(sample.rgb.transpose(2, 0, 1))).float() / 255.0
+    hwc = np.multiply(sample.rgb, np.float32(1.0 / 255.0), dtype=np.float32)
+    image = torch.from_numpy(hwc).permute(2, 0, 1)  # a 3×H×W view; collating makes it contiguous
     agl = sample.agl
     if agl is None:
         agl = np.full(sample.shape, np.nan, np.float32)

@@ -40,7 +40,7 @@ def _heavy(crop: int) -> list:
         A.RGBShift(r_shift_limit=15, g_shift_limit=15, b_shift_limit=15, p=0.3),
         A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=15, p=0.3),
         A.FancyPCA(alpha=0.1, p=0.2),
-        A.RandomFog(fog_coef_range=(0.05, 0.2), alpha_coef=0.08, p=0.05),
+        A.RandomFog(fog_coef_range=(0.05, 0.2), alpha_coef=0.08, p=0.02),
         A.CoarseDropout(
             num_holes_range=(1, 4),
             hole_height_range=(max(1, hole // 8), hole),
