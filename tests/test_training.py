@@ -349,6 +349,11 @@ def test_cli_trains_resumes_and_refuses(data_dir, tmp_path, capsys):
     assert "4 steps" in out
     saved = resolve_config(str(run / "config.yaml"))
     assert saved["train"]["max_steps"] == 4
+    last = run / "checkpoints/last.ckpt"
+    fine = tmp_path / "fine"
+    code, out, err = _cli(capsys, *args[:6], str(fine), *args[7:], "--init-from", str(last))
+    assert code == 0, err
+    assert resolve_config(str(fine / "config.yaml"))["train"]["init_from"] == str(last.resolve())
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def train(
     if accel == "gpu":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
     spe = dm.steps_per_epoch(devices * nodes)
-    total = t["max_steps"] if t["max_steps"] > 0 else spe * t["epochs"]
+    total = spe * t["epochs"] if t["max_steps"] <= 0 else min(t["max_steps"], spe * t["epochs"])
     if rank0:
         save_config(config, out / "config.yaml")
         save_config(config, ckpt_dir / "config.yaml")
@@ -198,7 +199,7 @@ def train(
         num_nodes=nodes,
         strategy=strategy,
         precision=precision,
-        max_epochs=t["epochs"] if t["max_steps"] <= 0 else -1,
+        max_epochs=t["epochs"],
         max_steps=t["max_steps"],
         max_time=timedelta(minutes=t["max_minutes"]) if t["max_minutes"] else None,
         gradient_clip_val=t["grad_clip"],
@@ -218,6 +219,8 @@ def train(
         default_root_dir=out,
     )
     started = time.time()
+    # checkpoints/ holds config.yaml (and, on resume, the checkpoints): expected, not a problem.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt_dir / LAST) if resume else None)
     summary = _summary(trainer, task, out, time.time() - started)
     if trainer.is_global_zero:
