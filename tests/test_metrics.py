@@ -3,6 +3,7 @@ streaming == all-at-once, file units, and the torchmetrics Metric (also under 2-
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import numpy as np
@@ -385,7 +386,13 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 
     from geopose.metrics import GeoposeScore
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         rng = np.random.default_rng(100)
         batches = [_batch(rng) for _ in range(4)]
@@ -407,13 +414,14 @@ def test_torchmetric_ddp_two_processes_sum_states(tmp_path):
     from geopose.metrics import GeoposeScore  # noqa: F401  (imported once, before the fork)
 
     out_file = tmp_path / "result.pt"
-    # fork: the children inherit the imported torch (spawn would re-import it, ~10 s here)
+    # spawn, not fork: a forked child of a process whose torch thread pools already ran (as in
+    # a full test session) can deadlock inside gloo's collectives.
     mp.start_processes(
         _ddp_worker,
         args=(2, str(tmp_path / "init"), str(out_file)),
         nprocs=2,
         join=True,
-        start_method="fork",
+        start_method="spawn",
     )
     got = torch.load(out_file, weights_only=False)
     rng = np.random.default_rng(100)
