@@ -1,0 +1,40 @@
+"""``geopose demo`` end to end at a tiny budget: every step runs and leaves its output."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from geopose.cli.main import app
+from geopose.metrics import evaluate_folders
+
+
+def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", str(out), "--minutes", "0.3", "--train", "10", "--test", "2", "--size", "64"]
+    args += ["--set", "data.batch_size=4"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+
+    # every step left its output
+    assert (out / "data" / "synth.json").is_file()
+    assert (out / "run" / "summary.json").is_file()
+    assert len(list((out / "predictions").glob("*_AGL.tif"))) == 2
+    assert len(list((out / "rectified").glob("*_NADIR_AGL.tif"))) == 2
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "data:image/png;base64," in page
+
+    # the printed and saved scores are exactly what `geopose evaluate` computes
+    saved = json.loads((out / "scores.json").read_text())
+    again = evaluate_folders(out / "predictions", out / "data" / "test_truth")
+    assert saved["final"] == again["final"]
+    assert f"{saved['final']:.4f}" in first.output
+    assert set(saved["cities"]) == set(again["cities"])
+
+    # a second run reuses the data and the trained model
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "data: reusing" in second.output and "train: reusing" in second.output
+    assert json.loads((out / "scores.json").read_text())["final"] == saved["final"]
