@@ -37,10 +37,11 @@ class DemoSettings:
     uniform_angles: bool = False
     min_train_minutes: float = 0.2
     overrides: list[str] = field(default_factory=list)
+    data_dir: Path | None = None  # default: OUT/data
 
     @property
     def data(self) -> Path:
-        return self.out / "data"
+        return self.data_dir if self.data_dir is not None else self.out / "data"
 
     @property
     def run(self) -> Path:
