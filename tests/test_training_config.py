@@ -139,3 +139,14 @@ def test_warmup_cosine_step_and_floor():
     assert lr_factor(29, step, 10, 100) == 1.0 and lr_factor(30, step, 10, 100) == 0.5
     assert lr_factor(65, step, 10, 100) == 0.25
     assert lr_factor(999, _train(scheduler="constant"), 10, 100) == 1.0
+
+
+def test_time_boxed_cosine_decays_with_the_time_budget():
+    """With train.max_minutes the cosine follows whichever of steps and time is further on."""
+    t = _train(scheduler="cosine", min_lr=0.0, lr=1.0, max_minutes=10.0)
+    total = 10_000  # far more steps than the time allows
+    assert lr_factor(10, t, 10, total, time_done=0.0) > 0.99
+    assert math.isclose(lr_factor(10, t, 10, total, time_done=0.5), 0.5, abs_tol=1e-3)
+    assert lr_factor(10, t, 10, total, time_done=1.0) < 1e-6
+    # steps further along than time: the step count rules
+    assert math.isclose(lr_factor(5_000, t, 10, total, time_done=0.1), 0.5, abs_tol=1e-3)

@@ -92,12 +92,13 @@ def train_config(s: DemoSettings, minutes: float) -> dict:
     """The demo's training config: the ``cpu_small`` recipe on the demo data, time-boxed."""
     from geopose.config import resolve_config
 
+    crop = min(resolve_config(DEMO_RECIPE, [])["data"]["crop"], s.size)
     overrides = [
         f"data.root={s.data.resolve()}",
-        f"data.crop={s.size}",
+        f"data.crop={crop}",
         f"train.max_minutes={minutes:.3f}",
         f"train.seed={s.seed}",
-        "data.workers=0",
+        "data.workers=1",
         "train.ckpt_every_steps=20",
         *s.overrides,
     ]

@@ -9,6 +9,7 @@ weights are ``state_dict`` keys ``model.<name>``.
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -17,9 +18,16 @@ from geopose.data.dataset import item_seed
 from geopose.errors import ConfigError
 
 
-def lr_factor(step: int, train: dict, steps_per_epoch: int, total_steps: int) -> float:
+def lr_factor(
+    step: int, train: dict, steps_per_epoch: int, total_steps: int, time_done: float = 0.0
+) -> float:
     """Learning-rate multiplier at optimizer step ``step`` for the ``train:`` section's
-    scheduler (``cosine_restarts``, ``cosine``, ``step`` or ``constant``; warm-up first)."""
+    scheduler (``cosine_restarts``, ``cosine``, ``step`` or ``constant``; warm-up first).
+
+    ``time_done`` is the share of a ``train.max_minutes`` budget used so far: a ``cosine``
+    schedule follows whichever of steps and time is further along, so a time-boxed run ends
+    its decay when its time runs out instead of stopping at a high learning rate.
+    """
     warm = train["warmup_steps"]
     if step < warm:
         return (step + 1) / warm
@@ -31,7 +39,7 @@ def lr_factor(step: int, train: dict, steps_per_epoch: int, total_steps: int) ->
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
 
     if kind == "cosine":
-        return cosine(s / max(1, total_steps - warm))
+        return cosine(max(s / max(1, total_steps - warm), time_done))
     if kind == "cosine_restarts":
         period = max(1.0, train["restart_epochs"] * steps_per_epoch)
         mult = train["restart_mult"]
@@ -151,6 +159,17 @@ class GeoposeTask(L.LightningModule):
 
     # --- optimizers -------------------------------------------------------------------------
 
+    def on_train_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def time_done(self) -> float:
+        """Share (0-1) of ``train.max_minutes`` used since this fit started (0 without one)."""
+        budget = self.train_cfg.get("max_minutes")
+        started = getattr(self, "_fit_started", None)
+        if not budget or started is None:
+            return 0.0
+        return min(1.0, (time.monotonic() - started) / (60.0 * budget))
+
     def configure_optimizers(self):
         t = self.train_cfg
         params = [p for p in self.parameters() if p.requires_grad]
@@ -173,5 +192,7 @@ class GeoposeTask(L.LightningModule):
                 "lr_scheduler": {"scheduler": sched, "monitor": "val/score", "interval": "epoch"},
             }
         spe, total = self.steps_per_epoch, self.total_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, t, spe, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, t, spe, total, self.time_done())
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
