@@ -88,11 +88,11 @@ def make_data(s: DemoSettings, log: Log) -> None:
     )
 
 
-def train_config(s: DemoSettings, minutes: float) -> dict:
-    """The demo's training config: the ``cpu_small`` recipe on the demo data, time-boxed."""
+def train_config(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> dict:
+    """A recipe (the demo's: ``cpu_small``) on the demo data, time-boxed to ``minutes``."""
     from geopose.config import resolve_config
 
-    crop = min(resolve_config(DEMO_RECIPE, [])["data"]["crop"], s.size)
+    crop = min(resolve_config(recipe, [])["data"]["crop"], s.size)
     overrides = [
         f"data.root={s.data.resolve()}",
         f"data.crop={crop}",
@@ -102,7 +102,7 @@ def train_config(s: DemoSettings, minutes: float) -> dict:
         "train.ckpt_every_steps=20",
         *s.overrides,
     ]
-    return resolve_config(DEMO_RECIPE, overrides)
+    return resolve_config(recipe, overrides)
 
 
 def train_model(s: DemoSettings, minutes: float, log: Log) -> Path:
