@@ -21,6 +21,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def progress_bar(console: Console = err_console):
+    """The CLI's rich progress bar (description, bar, done/total, time left), on stderr by
+    default and cleared when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red ``error:`` line on stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console
+from geopose.cli.app import app, console, progress_bar
 
 
 @app.command()
@@ -27,21 +27,13 @@ def prepare(
     a random crop by memory-mapping instead of decoding a whole 2048² image. Train on it with
     ``geopose train --data CACHE``. An interrupted run resumes where it stopped.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from geopose.data.cache import prepare_cache
     from geopose.errors import ConfigError
 
     if split not in ("train", "test", "all"):
         raise ConfigError(f"--split must be train, test or all, got {split!r}")
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("converting", total=None)
         index = prepare_cache(
             data,

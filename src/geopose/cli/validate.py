@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console
+from geopose.cli.app import app, console, progress_bar
 
 
 @app.command()
@@ -34,21 +34,13 @@ def validate(
 
     One line per problem, naming the file; exit 0 when clean, 1 when not. Nothing is modified.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from geopose.validate import detect_kind
     from geopose.validate import validate as run_checks
 
     kind = detect_kind(path)
     checked = 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"checking {kind}", total=None)
 
         def progress(done: int, total: int) -> None:
