@@ -38,3 +38,16 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert second.exit_code == 0, second.output
     assert "data: reusing" in second.output and "train: reusing" in second.output
     assert json.loads((out / "scores.json").read_text())["final"] == saved["final"]
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    """A non-empty folder that is not a demo folder is refused before anything is written."""
+    out = tmp_path / "mine"
+    (out / "data" / "train").mkdir(parents=True)
+    precious = out / "data" / "train" / "JAX_abc_RGB.j2k"
+    precious.write_bytes(b"not the demo's")
+    result = CliRunner().invoke(app, ["demo", str(out), "--minutes", "0.3"])
+    assert result.exit_code != 0
+    assert "was not made by geopose demo" in str(result.exception) + result.output
+    assert precious.read_bytes() == b"not the demo's"
+    assert sorted(p.name for p in out.rglob("*")) == ["JAX_abc_RGB.j2k", "data", "train"]
