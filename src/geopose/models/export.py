@@ -3,8 +3,8 @@
 The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B float32, m/px) and
 ``city`` (B int64, -1 = unknown; inputs a model does not use may be absent from the graph) and
 outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
-flow head, ``flow`` (px). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples
-of the encoder stride (32).
+flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px). Batch is dynamic; with
+``dynamic=True`` H and W are dynamic multiples of the encoder stride (32).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from geopose.io.atomic import atomic_path
-from geopose.models.model import GeoposeModel
+from geopose.models.model import GeoposeModel, GeoposeOutput
 
-OUTPUT_NAMES = ("agl", "mag", "direction", "scale", "flow")
+OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this order
 
 
 class _OnnxWrapper(nn.Module):
@@ -32,6 +32,12 @@ class _OnnxWrapper(nn.Module):
     def forward(self, image, gsd, city):
         out = self.model(image, gsd, city)
         return tuple(t for t in out if t is not None)
+
+
+def _output_names(model: GeoposeModel, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """Names of the outputs ``model`` produces (its non-None GeoposeOutput fields)."""
+    out = model(*inputs)
+    return [name for name, t in zip(OUTPUT_NAMES, out, strict=True) if t is not None]
 
 
 def example_inputs(size: int = 256, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -57,7 +63,7 @@ def export_onnx(
     wrapper = _OnnxWrapper(model).eval()
     inputs = example_inputs(size)
     with torch.no_grad():
-        n_out = len(wrapper(*inputs))
+        names = _output_names(model, inputs)
     dynamic_shapes = None
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=1024)
@@ -76,7 +82,7 @@ def export_onnx(
             inputs,
             dynamo=True,
             input_names=["image", "gsd", "city"],
-            output_names=list(OUTPUT_NAMES[:n_out]),
+            output_names=names,
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,
             external_data=False,
@@ -95,6 +101,7 @@ def onnx_parity(
     model = model.eval()
     image, gsd, city = example_inputs(size, batch, seed)
     with torch.no_grad():
+        names = _output_names(model, (image, gsd, city))
         ref = [t for t in model(image, gsd, city) if t is not None]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {"image": image.numpy(), "gsd": gsd.numpy(), "city": city.numpy()}
@@ -102,5 +109,5 @@ def onnx_parity(
     got = sess.run(None, {k: v for k, v in feeds.items() if k in names})
     return {
         name: float(np.max(np.abs(r.numpy() - g)))
-        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=False)
+        for name, r, g in zip(names, ref, got, strict=True)
     }

@@ -267,3 +267,70 @@ def lstsq_scale(mag: torch.Tensor, agl: torch.Tensor, detach_agl: bool = True) -
     mag, agl = mag.float(), agl.float()
     a = agl.detach() if detach_agl else agl
     return (mag * a).sum(dim=(1, 2, 3)) / ((a * a).sum(dim=(1, 2, 3)) + 1e-6)
+
+
+def agl_gradient(agl: torch.Tensor) -> torch.Tensor:
+    """∇AGL of B×1×H×W maps by central differences (one-sided at the borders) -> B×2×H×W
+    ``(d/dcol, d/drow)`` in metres per pixel. NaN heights make their neighbours' gradient NaN."""
+    a = agl.float()
+    gx = torch.zeros_like(a)
+    gy = torch.zeros_like(a)
+    if a.shape[3] > 1:
+        gx[..., 1:-1] = (a[..., 2:] - a[..., :-2]) / 2.0
+        gx[..., 0] = a[..., 1] - a[..., 0]
+        gx[..., -1] = a[..., -1] - a[..., -2]
+    if a.shape[2] > 1:
+        gy[..., 1:-1, :] = (a[..., 2:, :] - a[..., :-2, :]) / 2.0
+        gy[..., 0, :] = a[..., 1, :] - a[..., 0, :]
+        gy[..., -1, :] = a[..., -1, :] - a[..., -2, :]
+    return torch.cat([gx, gy], dim=1)
+
+
+def ramp_target(agl: torch.Tensor, max_slope: float = 3.0) -> torch.Tensor:
+    """The facade-ramp field a ramp head learns: ∇AGL (m/px, B×2×H×W) where its magnitude is at
+    most ``max_slope`` m/px, 0 where it is steeper (a height jump at a roof edge is not a ramp),
+    NaN where the height is unknown."""
+    g = agl_gradient(agl if agl.dim() == 4 else agl.unsqueeze(1))
+    steep = torch.sqrt((g * g).sum(dim=1, keepdim=True)) > max_slope
+    return torch.where(steep, torch.zeros_like(g), g)
+
+
+def ramp_pose(
+    ramp: torch.Tensor,
+    iterations: int = 5,
+    huber: float = 0.3,
+    min_slope: float = 0.3,
+    max_slope: float = 3.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direction and scale read off the facade ramps of the height field.
+
+    A ground point ``p`` at height ``z`` is seen at ``p - z · v`` with ``v = scale · (sin a,
+    cos a)`` (px/m), so on a facade the height field ``z(q)`` satisfies ``∇z · v = -1`` whatever
+    the wall's orientation: every facade pixel is one linear equation in ``v``, and two walls of
+    different orientations fix it. ``v`` is the robust (Huber, ``huber`` in the residual's unit,
+    iteratively reweighted) least-squares solution over the pixels whose slope ``|∇z|`` (m/px)
+    lies in ``[min_slope, max_slope]``; flat ground and roofs (∇z = 0) carry no weight.
+
+    ``ramp`` B×2×H×W (m/px, (d/dcol, d/drow)) -> direction B×2 (unit), scale B (px/m, ``|v|``).
+    No ramps at all gives ``v = 0``: scale 0, the least-squares guess when nothing is known.
+    Differentiable (the weights are held fixed within each solve).
+    """
+    g = ramp.float().flatten(2)  # B×2×N
+    norm = torch.sqrt((g * g).sum(dim=1) + 1e-12)  # B×N
+    base = ((norm >= min_slope) & (norm <= max_slope)).to(g.dtype)
+    w = base
+    gx, gy = g[:, 0], g[:, 1]
+    v = g.new_zeros(g.shape[0], 2)
+    for _ in range(max(1, int(iterations))):
+        # Normal equations (Σ w g gᵀ + ridge) v = -Σ w g, solved in closed form (2×2).
+        axx, axy, ayy = (w * gx * gx).sum(1), (w * gx * gy).sum(1), (w * gy * gy).sum(1)
+        bx, by = -(w * gx).sum(1), -(w * gy).sum(1)
+        ridge = 1e-4 * (axx + ayy + 1.0)
+        axx, ayy = axx + ridge, ayy + ridge
+        det = axx * ayy - axy * axy
+        v = torch.stack([ayy * bx - axy * by, axx * by - axy * bx], dim=1) / det[:, None]
+        r = gx * v[:, :1] + gy * v[:, 1:] + 1.0
+        w = base / torch.clamp(r.detach().abs() / huber, min=1.0)
+    direction = unit(v)
+    scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
+    return direction, scale

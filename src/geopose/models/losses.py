@@ -12,6 +12,7 @@ NaN never reaches autograd).
     scale:     {kind: mse, weight: 1.0}                             # px/m
     flow:      {kind: r2, weight: 0.0}   # dense flow (or mag · direction) vs true flow, px
     vflow:     {kind: r2, weight: 0.0}   # agl · scale · direction vs true flow (the score's)
+    ramp:      {kind: mse, weight: 0.0, max_slope: 3.0}  # facade-ramp field vs ∇(true AGL), m/px
 
 ``kind`` is ``mse``, ``huber`` (``delta`` in the target's unit), ``l1`` or ``r2`` (1 - R2 pooled
 over every valid pixel of the batch, the first place's loss); ``trim`` drops that fraction of
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
+from geopose.models.heads import ramp_target
 
 KINDS = ("mse", "huber", "l1", "r2")
 _DENSE_DEFAULT = {"kind": "mse", "weight": 1.0, "delta": 1.0, "trim": 0.0}
@@ -37,6 +39,7 @@ LOSS_DEFAULTS: dict[str, dict | None] = {
     "scale": {"kind": "mse", "weight": 1.0, "delta": 1.0},
     "flow": {**_DENSE_DEFAULT, "weight": 0.0},
     "vflow": {**_DENSE_DEFAULT, "weight": 0.0},
+    "ramp": {**_DENSE_DEFAULT, "weight": 0.0, "max_slope": 3.0},
 }
 
 
@@ -170,6 +173,11 @@ class GeoposeLoss(nn.Module):
             if c["vflow"] is not None:
                 pred = out.agl * (out.scale[:, None] * out.direction)[:, :, None, None]
                 parts["vflow"] = masked_loss(pred, true_flow, **_dense_args(c["vflow"]))
+        if c["ramp"] is not None:
+            if out.ramp is None:
+                raise ConfigError("loss.ramp needs a model with a ramp head (model.ramp)")
+            target = ramp_target(batch["agl"], c["ramp"]["max_slope"])
+            parts["ramp"] = masked_loss(out.ramp, target, **_dense_args(c["ramp"]))
         total = sum(c[k]["weight"] * v for k, v in parts.items())
         if not parts:
             total = out.agl.sum() * 0.0

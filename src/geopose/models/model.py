@@ -26,6 +26,7 @@ from geopose.models.heads import (
     ScaleHead,
     flow_pose,
     lstsq_scale,
+    ramp_pose,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -35,13 +36,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class GeoposeOutput(NamedTuple):
     """Model outputs: AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit (sin a, cos a),
-    scale B (px/m), and the dense flow B×2×H×W (px, (dx, dy)) when the model has a flow head."""
+    scale B (px/m), the dense flow B×2×H×W (px, (dx, dy)) when the model has a flow head and
+    the facade-ramp field B×2×H×W (∇AGL, m/px) when it has a ramp head."""
 
     agl: torch.Tensor
     mag: torch.Tensor
     direction: torch.Tensor
     scale: torch.Tensor
     flow: torch.Tensor | None = None
+    ramp: torch.Tensor | None = None
 
 
 # Every key a model section may hold, with its default. ``None`` for mag/flow = no such head.
@@ -52,6 +55,10 @@ _DENSE = {
     "out_scale": 10.0,
     "city": False,
 }
+# The ramp head's fit (see heads.ramp_pose): IRLS iterations, Huber threshold, slopes (m/px).
+_RAMP_FIT = {"iterations": 5, "huber": 0.3, "min_slope": 0.3, "max_slope": 3.0}
+_RAMP = {**_DENSE, "out_scale": 1.0, **_RAMP_FIT}
+_OPTIONAL_DENSE = {"mag": _DENSE, "flow": _DENSE, "ramp": _RAMP}
 MODEL_DEFAULTS: dict[str, Any] = {
     "encoder": "resnet34",
     "pretrained": False,
@@ -60,8 +67,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "agl": {**_DENSE, "gsd": "concat", "gsd_ref": 0.3},
     "mag": dict(_DENSE),
     "flow": None,
+    "ramp": None,
     "direction": {
-        "kind": "pooled",  # pooled | dense_attention | flow
+        "kind": "pooled",  # pooled | dense_attention | flow | ramp
         "hidden": 256,
         "activation": "relu",
         "dropout": 0.0,
@@ -73,7 +81,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "detach_agl": True,  # dense_attention and flow
     },
     "scale": {
-        "kind": "lstsq",  # lstsq (Σ mag·agl / Σ agl²) | regress | flow
+        "kind": "lstsq",  # lstsq (Σ mag·agl / Σ agl²) | regress | flow | ramp
         "hidden": 256,
         "activation": "relu",
         "dropout": 0.0,
@@ -84,8 +92,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "detach_agl": True,
     },
 }
-DIRECTION_KINDS = ("pooled", "dense_attention", "flow")
-SCALE_KINDS = ("lstsq", "regress", "flow")
+DIRECTION_KINDS = ("pooled", "dense_attention", "flow", "ramp")
+SCALE_KINDS = ("lstsq", "regress", "flow", "ramp")
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -117,12 +125,12 @@ def resolve_model_config(cfg: dict | None) -> dict:
     out = copy.deepcopy(MODEL_DEFAULTS)
     for key, value in cfg.items():
         default = MODEL_DEFAULTS[key]
-        if key in ("mag", "flow"):
+        if key in _OPTIONAL_DENSE:
             if value is None or value is False:
                 out[key] = None
                 continue
             value = {} if value is True else value
-            default = _DENSE
+            default = _OPTIONAL_DENSE[key]
         if isinstance(default, dict) and key != "encoder_kwargs":
             if not isinstance(value, dict):
                 raise ConfigError(f"model.{key}: expected a mapping, got {value!r}")
@@ -142,6 +150,8 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"model.scale.kind {s!r} is not one of {list(SCALE_KINDS)}")
     if "flow" in (d, s) and cfg["flow"] is None:
         raise ConfigError("model: direction/scale kind 'flow' needs a flow head (model.flow)")
+    if "ramp" in (d, s) and cfg["ramp"] is None:
+        raise ConfigError("model: direction/scale kind 'ramp' needs a ramp head (model.ramp)")
     if s == "lstsq" and cfg["mag"] is None and cfg["flow"] is None:
         raise ConfigError("model.scale.kind 'lstsq' needs a mag head (model.mag: {...})")
     if not isinstance(cfg["encoder"], str):
@@ -176,6 +186,10 @@ class GeoposeModel(nn.Module):
         self.agl_head = DenseHead(ch, stride, 1, **c["agl"])
         self.mag_head = DenseHead(ch, stride, 1, **c["mag"]) if c["mag"] is not None else None
         self.flow_head = DenseHead(ch, stride, 2, **c["flow"]) if c["flow"] is not None else None
+        self.ramp_head = None
+        if c["ramp"] is not None:
+            dense = {k: v for k, v in c["ramp"].items() if k not in _RAMP_FIT}
+            self.ramp_head = DenseHead(ch, stride, 2, **dense)
         self.direction_head = self._direction_head(c["direction"], ch)
         self.scale_head = self._scale_head(c["scale"])
 
@@ -214,25 +228,35 @@ class GeoposeModel(nn.Module):
         agl = self.agl_head(dec, gsd, city)[:, :, :h, :w]
         mag = self.mag_head(dec, gsd, city)[:, :, :h, :w] if self.mag_head is not None else None
         flow = self.flow_head(dec, gsd, city)[:, :, :h, :w] if self.flow_head is not None else None
+        ramp = None
+        if self.ramp_head is not None:
+            ramp = self.ramp_head(dec, gsd, city)[:, :, :h, :w]
         d_cfg, s_cfg = self.config["direction"], self.config["scale"]
         if flow is not None:
             f_dir, f_scale, f_mag = flow_pose(flow, agl, d_cfg["detach_agl"])
             mag = f_mag if mag is None else mag
+        if "ramp" in (d_cfg["kind"], s_cfg["kind"]):
+            fit = {k: self.config["ramp"][k] for k in _RAMP_FIT}
+            r_dir, r_scale = ramp_pose(ramp, **fit)
         if d_cfg["kind"] == "pooled":
             direction = self.direction_head(feats[-1], gsd, city)
         elif d_cfg["kind"] == "dense_attention":
             direction = self.direction_head(dec, agl, (x.shape[2], x.shape[3]))
+        elif d_cfg["kind"] == "ramp":
+            direction = r_dir
         else:
             direction = f_dir
         if s_cfg["kind"] == "regress":
             scale = self.scale_head(feats[-1], gsd, city)
         elif s_cfg["kind"] == "flow":
             scale = f_scale
+        elif s_cfg["kind"] == "ramp":
+            scale = r_scale
         else:
             scale = lstsq_scale(mag, agl, s_cfg["detach_agl"])
         if mag is None:
             mag = agl * scale.reshape(-1, 1, 1, 1)
-        return GeoposeOutput(agl, mag, direction, scale, flow)
+        return GeoposeOutput(agl, mag, direction, scale, flow, ramp)
 
     def _gsd(self, gsd, image: torch.Tensor) -> torch.Tensor:
         if gsd is None:
@@ -244,7 +268,7 @@ class GeoposeModel(nn.Module):
 
     def _uses_gsd(self) -> bool:
         c = self.config
-        dense = [c["agl"]] + [c[k] for k in ("mag", "flow") if c[k] is not None]
+        dense = [c["agl"]] + [c[k] for k in _OPTIONAL_DENSE if c[k] is not None]
         if any(d.get("gsd", "none") != "none" for d in dense):
             return True
         return (c["direction"]["kind"] == "pooled" and c["direction"]["gsd"]) or (

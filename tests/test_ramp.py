@@ -1,0 +1,123 @@
+"""Facade ramps: direction and scale read off the height field by physics.
+
+A ground point at height z is seen at ``p - z · scale · (sin a, cos a)``, so on every facade
+``∇AGL · scale · (sin a, cos a) = -1``. Rendered synthetic scenes (exact AGL truth, walls
+included) must give back the angle and scale they were rendered with; the ramp head, its loss
+and its config are checked around that."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geopose.errors import ConfigError
+from geopose.models import GeoposeLoss, create_model
+from geopose.models.heads import agl_gradient, ramp_pose, ramp_target
+from geopose.synth import make_scene, render
+
+TINY_RAMP = {
+    "encoder": "resnet18",
+    "decoder": {"channels": [32, 16, 16], "output_stride": 4},
+    "agl": {"channels": 8},
+    "mag": None,
+    "ramp": {"channels": 8},
+    "direction": {"kind": "ramp"},
+    "scale": {"kind": "ramp"},
+}
+
+
+def _angle_error_deg(a: float, b: float) -> float:
+    d = abs(a - b) % (2 * math.pi)
+    return math.degrees(min(d, 2 * math.pi - d))
+
+
+def _fit(agl: np.ndarray) -> tuple[float, float]:
+    z = torch.from_numpy(np.ascontiguousarray(agl, dtype=np.float32))[None, None]
+    g = torch.nan_to_num(ramp_target(z), nan=0.0)
+    direction, scale = ramp_pose(g)
+    return math.atan2(float(direction[0, 0]), float(direction[0, 1])) % (2 * math.pi), float(
+        scale[0]
+    )
+
+
+# ARG's pitched (gable, hip) roofs are ramps too, which biases the fit by ~12°.
+@pytest.mark.parametrize(
+    "city, seed, angle, scale, max_deg",
+    [
+        ("ARG", 1, 0.6, 0.8, 15.0),
+        ("ATL", 2, 2.3, 0.95, 4.0),
+        ("JAX", 3, 3.9, 0.72, 4.0),
+        ("OMA", 4, 5.4, 1.0, 4.0),
+        ("ATL", 5, 1.2, 0.7, 4.0),
+    ],
+)
+def test_rendered_facades_give_back_the_angle_and_scale(city, seed, angle, scale, max_deg):
+    scene = make_scene(city, 192, seed)
+    r = render(scene, angle, scale, nadir=False)
+    got_angle, got_scale = _fit(r.agl)
+    assert _angle_error_deg(got_angle, angle) < max_deg
+    assert abs(got_scale - scale) < 0.15 * scale
+    # The sign matters: the same map seen the other way round (rotated 180°) flips the angle.
+    got_rot, _ = _fit(np.rot90(r.agl, 2))
+    assert _angle_error_deg(got_rot, angle + math.pi) < max_deg
+
+
+def test_flat_ground_gives_no_flow_and_a_unit_direction():
+    direction, scale = ramp_pose(torch.zeros(2, 2, 16, 16))
+    torch.testing.assert_close(direction.norm(dim=1), torch.ones(2))
+    assert float(scale.max()) < 1e-3
+
+
+def test_agl_gradient_units_and_nan():
+    rows = torch.arange(6.0).reshape(1, 1, 6, 1).expand(1, 1, 6, 5)  # +1 m per row
+    g = agl_gradient(rows * 2.0)
+    torch.testing.assert_close(g[:, 0], torch.zeros(1, 6, 5))
+    torch.testing.assert_close(g[:, 1], torch.full((1, 6, 5), 2.0))
+    z = torch.zeros(1, 1, 5, 5)
+    z[0, 0, 2, 2] = float("nan")
+    t = ramp_target(z)
+    assert torch.isnan(t[0, 0, 2, 1]) and torch.isnan(t[0, 1, 1, 2]) and t[0, 0, 0, 0] == 0
+    # A height jump is not a ramp: 20 m in one pixel is steeper than max_slope.
+    step = torch.zeros(1, 1, 4, 8)
+    step[..., 4:] = 20.0
+    assert float(ramp_target(step).abs().max()) == 0.0
+
+
+def test_ramp_model_outputs_loss_and_gradients():
+    model = create_model(TINY_RAMP)
+    image, gsd, city = torch.rand(2, 3, 64, 64), torch.tensor([0.3, 0.4]), torch.tensor([0, 2])
+    out = model(image, gsd, city)
+    assert out.ramp.shape == (2, 2, 64, 64) and out.flow is None
+    torch.testing.assert_close(out.direction.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(out.mag, out.agl * out.scale[:, None, None, None])
+    agl = torch.rand(2, 1, 64, 64) * 10
+    agl[:, :, :4] = float("nan")
+    loss = GeoposeLoss({"ramp": {"weight": 5.0}, "mag": None, "scale": None, "direction": None})
+    batch = {"agl": agl}
+    total, parts = loss(out, batch)
+    assert set(parts) == {"agl", "ramp"} and torch.isfinite(total)
+    total.backward()
+    assert model.ramp_head.body[-1].weight.grad.abs().sum() > 0
+    # A perfect ramp prediction has zero ramp loss (NaN truth ignored).
+    perfect = out._replace(ramp=ramp_target(agl))
+    _, parts = loss(perfect, batch)
+    assert float(parts["ramp"]) == 0.0
+
+
+def test_ramp_config_errors():
+    with pytest.raises(ConfigError, match="ramp head"):
+        create_model({**TINY_RAMP, "ramp": None})
+    no_head = {
+        **TINY_RAMP,
+        "ramp": None,
+        "direction": {"kind": "pooled"},
+        "scale": {"kind": "lstsq"},
+    }
+    model = create_model({**no_head, "mag": {"channels": 8}}).eval()
+    out = model(torch.rand(1, 3, 64, 64), torch.tensor([0.3]))
+    with pytest.raises(ConfigError, match="ramp head"):
+        loss = GeoposeLoss({"ramp": {"weight": 1.0}, "mag": None, "direction": None, "scale": None})
+        loss(out, {"agl": torch.zeros(1, 1, 64, 64)})
