@@ -19,10 +19,9 @@ from geopose.cli.main import main
 from geopose.geometry import angle_error_deg, flow_from_agl
 from geopose.inference import Predictor, read_ensemble_spec, resolve_jobs
 from geopose.inference.predictor import georef_gsd
-from geopose.io import CITIES, read_agl, read_rgb, read_vflow, write_rgb
+from geopose.io import CITIES, Georef, read_agl, read_rgb, read_vflow, write_rgb
 from geopose.metrics import evaluate_folders
 from geopose.models import create_model, load_recipe
-from geopose.rectify import Georef
 
 
 def recipe() -> dict:

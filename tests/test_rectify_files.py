@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from geopose.cli.main import main
-from geopose.io import read_agl, read_rgb, write_agl, write_vflow
-from geopose.rectify import read_georef, rectify, rectify_files
+from geopose.io import read_agl, read_georef, read_rgb, write_agl, write_vflow
+from geopose.rectify import rectify, rectify_files
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:

@@ -147,8 +147,8 @@ def evaluate_test(s: DemoSettings, log: Log) -> dict:
 
 def rectify_some(s: DemoSettings, log: Log) -> None:
     """Rectify the first ``n_rectify`` test images with their predicted pose."""
-    from geopose.io import agl_name, vflow_name
-    from geopose.rectify import find_rgb, prediction_stems, rectify_files
+    from geopose.io import agl_name, find_rgb, prediction_stems, vflow_name
+    from geopose.rectify import rectify_files
 
     stems = prediction_stems(s.pred)[: s.n_rectify]
     for stem in stems:

@@ -15,14 +15,23 @@ keys, no loop over pixels (``benchmarks/bench_rectify.py``: about 0.2 s for 2048
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from geopose.errors import GeoposeDataError
-from geopose.io import atomic_path, read_agl, read_rgb, read_vflow, write_agl, write_rgb
+from geopose.io import (
+    Georef,
+    atomic_path,
+    read_agl,
+    read_georef,
+    read_rgb,
+    read_vflow,
+    write_agl,
+    write_geotiff,
+    write_rgb,
+)
 
 _EMPTY = np.int64(-1)
 _SRC_BITS = 31
@@ -175,52 +184,6 @@ def rectify(
 # --- files -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Georef:
-    """A raster's CRS and affine transform (rasterio objects)."""
-
-    crs: object
-    transform: object
-
-
-def read_georef(path: str | Path) -> Georef | None:
-    """The CRS and transform of a georeferenced raster, or None (plain image, unreadable by GDAL,
-    or no CRS)."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain images
-        try:
-            with rasterio.open(path) as src:
-                if src.crs is None:
-                    return None
-                return Georef(crs=src.crs, transform=src.transform)
-        except RasterioIOError:
-            return None
-
-
-def _write_geotiff(path: Path, bands: np.ndarray, georef: Georef, nodata, overwrite: bool) -> Path:
-    """Write a (bands, H, W) array as a deflate GeoTIFF with ``georef``, atomically."""
-    import rasterio
-
-    with atomic_path(path, overwrite) as tmp:
-        profile = dict(
-            driver="GTiff",
-            width=bands.shape[2],
-            height=bands.shape[1],
-            count=bands.shape[0],
-            dtype=bands.dtype.name,
-            crs=georef.crs,
-            transform=georef.transform,
-            compress="deflate",
-            nodata=nodata,
-        )
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(bands)
-    return path
-
-
 def output_paths(out_dir: str | Path, stem: str, geo: bool) -> dict[str, Path]:
     """Where :func:`write_rectified` puts ``rgb``, ``agl`` and ``occluded`` for ``stem``."""
     out_dir = Path(out_dir)
@@ -266,9 +229,9 @@ def write_rectified(
             Image.fromarray(mask).save(tmp, format="PNG")
         return paths
     if "rgb" in paths:
-        _write_geotiff(paths["rgb"], np.moveaxis(rect.rgb, -1, 0), georef, None, True)
-    _write_geotiff(paths["agl"], agl_m_to_cm(rect.agl)[None], georef, AGL_NODATA, True)
-    _write_geotiff(paths["occluded"], mask[None], georef, None, True)
+        write_geotiff(paths["rgb"], np.moveaxis(rect.rgb, -1, 0), georef, None, True)
+    write_geotiff(paths["agl"], agl_m_to_cm(rect.agl)[None], georef, AGL_NODATA, True)
+    write_geotiff(paths["occluded"], mask[None], georef, None, True)
     return paths
 
 
@@ -303,33 +266,3 @@ def rectify_files(
     angle, scale = read_vflow(vflow_path)
     rect = rectify(rgb, agl, angle, scale, fill_holes=fill_holes)
     return write_rectified(out_dir, stem, rect, read_georef(ref_path), overwrite=overwrite)
-
-
-def prediction_stems(pred_dir: str | Path) -> list[str]:
-    """Stems of the complete predictions (``{stem}_AGL.tif`` and ``{stem}_VFLOW.json``) in a
-    folder, sorted."""
-    from geopose.io import prediction_files, split_name
-
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise GeoposeDataError(pred_dir, "folder not found")
-    kinds: dict[str, set[str]] = {}
-    for f in prediction_files(pred_dir):
-        stem, kind = split_name(f)
-        kinds.setdefault(stem, set()).add(kind)
-    return sorted(s for s, k in kinds.items() if k == {"AGL", "VFLOW"})
-
-
-def find_rgb(images_dir: str | Path, stem: str) -> Path:
-    """The ``{stem}_RGB.*`` image (any readable suffix) in ``images_dir``, or, when that is a
-    data set folder, in its ``test/`` or ``train/``."""
-    from geopose.io import rgb_name
-    from geopose.io.rasters import RGB_SUFFIXES
-
-    images_dir = Path(images_dir)
-    for folder in (images_dir, images_dir / "test", images_dir / "train"):
-        for suffix in RGB_SUFFIXES:
-            p = folder / rgb_name(stem, suffix)
-            if p.is_file():
-                return p
-    raise GeoposeDataError(images_dir / rgb_name(stem, ".*"), "no RGB image for this prediction")

@@ -25,14 +25,8 @@ def _folder(images: Path | None, pred: Path, out: Path, overwrite: bool, fill: b
     from rich.progress import Progress
 
     from geopose.errors import OutputExistsError
-    from geopose.io import agl_name, vflow_name
-    from geopose.rectify import (
-        find_rgb,
-        output_paths,
-        prediction_stems,
-        read_georef,
-        rectify_files,
-    )
+    from geopose.io import agl_name, find_rgb, prediction_stems, read_georef, vflow_name
+    from geopose.rectify import output_paths, rectify_files
 
     stems = prediction_stems(pred)
     if not stems:

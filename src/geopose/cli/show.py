@@ -107,7 +107,7 @@ def show(
     if pred is not None:
         if rgb is not None or agl is not None or vflow is not None:
             fail("use either RGB --agl --vflow (one image) or --pred [--images] (a folder)")
-        from geopose.rectify import find_rgb, prediction_stems
+        from geopose.io import find_rgb, prediction_stems
 
         stems = prediction_stems(pred)
         if not stems:

@@ -34,19 +34,21 @@ from geopose.inference.tiling import predict_tiled
 from geopose.inference.tta import predict_tta, tta_views
 from geopose.io import (
     CITIES,
+    Georef,
     agl_name,
     city_of,
     read_agl,
+    read_georef,
     read_metadata,
     read_rgb,
     read_vflow,
     split_name,
     vflow_name,
+    write_geotiff,
     write_prediction,
     write_vflow,
 )
 from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
-from geopose.rectify import Georef, _write_geotiff, read_georef
 
 MIN_TILE = 256
 """Smallest tile (px) the CUDA out-of-memory fallback goes down to."""
@@ -65,7 +67,7 @@ def flow_name(stem: str) -> str:
 @dataclass(frozen=True)
 class ImageJob:
     """One image to predict: path, output stem, GSD (m/px), city index (-1 unknown), and the
-    georeference (CRS, transform; ``geopose.rectify.Georef``) of a GeoTIFF input."""
+    georeference (CRS, transform; ``geopose.io.Georef``) of a GeoTIFF input."""
 
     path: Path
     stem: str
@@ -234,9 +236,9 @@ def write_outputs(
         )
     paths = output_paths(job, out_dir)
     nan = float("nan")
-    _write_geotiff(paths[0], pred.agl[None].astype(np.float32), job.georef, nan, overwrite)
+    write_geotiff(paths[0], pred.agl[None].astype(np.float32), job.georef, nan, overwrite)
     flow = np.moveaxis(flow_from_agl(pred.agl, pred.angle, pred.scale), -1, 0)
-    _write_geotiff(paths[1], flow.astype(np.float32), job.georef, nan, overwrite)
+    write_geotiff(paths[1], flow.astype(np.float32), job.georef, nan, overwrite)
     write_vflow(paths[2], pred.angle, pred.scale, overwrite)
     return paths
 

@@ -1,7 +1,16 @@
 """Readers and writers for the competition / US3D layout (see CONVENTIONS.md)."""
 
 from geopose.io.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from geopose.io.layout import CITIES, agl_name, city_of, rgb_name, split_name, vflow_name
+from geopose.io.geotiff import Georef, read_georef, write_geotiff
+from geopose.io.layout import (
+    CITIES,
+    agl_name,
+    city_of,
+    find_rgb,
+    rgb_name,
+    split_name,
+    vflow_name,
+)
 from geopose.io.rasters import (
     AGL_NODATA,
     agl_cm_to_m,
@@ -13,13 +22,19 @@ from geopose.io.rasters import (
     write_agl,
     write_rgb,
 )
-from geopose.io.submission import pack_submission, prediction_files, write_prediction
+from geopose.io.submission import (
+    pack_submission,
+    prediction_files,
+    prediction_stems,
+    write_prediction,
+)
 from geopose.io.tables import load_index, read_metadata
 from geopose.io.vflow import Vflow, parse_vflow, read_vflow, vflow_json, write_vflow
 
 __all__ = [
     "AGL_NODATA",
     "CITIES",
+    "Georef",
     "Vflow",
     "agl_cm_to_m",
     "agl_m_to_cm",
@@ -27,12 +42,15 @@ __all__ = [
     "agl_to_m",
     "atomic_path",
     "city_of",
+    "find_rgb",
     "load_index",
     "pack_submission",
     "parse_vflow",
     "prediction_files",
+    "prediction_stems",
     "read_agl",
     "read_agl_raw",
+    "read_georef",
     "read_metadata",
     "read_rgb",
     "read_vflow",
@@ -42,6 +60,7 @@ __all__ = [
     "vflow_name",
     "write_agl",
     "write_bytes_atomic",
+    "write_geotiff",
     "write_prediction",
     "write_rgb",
     "write_text_atomic",

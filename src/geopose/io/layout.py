@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from geopose.errors import GeoposeDataError
+
 CITIES = ("ARG", "ATL", "JAX", "OMA")
 """The four cities of the competition / US3D data."""
 
@@ -36,3 +38,17 @@ def split_name(path: str | Path) -> tuple[str, str] | None:
 def city_of(stem: str) -> str:
     """The city code at the front of a stem (``JAX_abc`` -> ``JAX``)."""
     return stem.split("_", 1)[0]
+
+
+def find_rgb(images_dir: str | Path, stem: str) -> Path:
+    """The ``{stem}_RGB.*`` image (any readable suffix) in ``images_dir``, or, when that is a
+    data set folder, in its ``test/`` or ``train/``."""
+    from geopose.io.rasters import RGB_SUFFIXES  # rasters imports this module
+
+    images_dir = Path(images_dir)
+    for folder in (images_dir, images_dir / "test", images_dir / "train"):
+        for suffix in RGB_SUFFIXES:
+            p = folder / rgb_name(stem, suffix)
+            if p.is_file():
+                return p
+    raise GeoposeDataError(images_dir / rgb_name(stem, ".*"), "no RGB image for this prediction")

@@ -42,6 +42,19 @@ def prediction_files(pred_dir: str | Path) -> list[Path]:
     return sorted(files)
 
 
+def prediction_stems(pred_dir: str | Path) -> list[str]:
+    """Stems of the complete predictions (``{stem}_AGL.tif`` and ``{stem}_VFLOW.json``) in a
+    folder, sorted."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise GeoposeDataError(pred_dir, "folder not found")
+    kinds: dict[str, set[str]] = {}
+    for f in prediction_files(pred_dir):
+        stem, kind = split_name(f)
+        kinds.setdefault(stem, set()).add(kind)
+    return sorted(s for s, k in kinds.items() if k == {"AGL", "VFLOW"})
+
+
 def pack_submission(pred_dir: str | Path, tar_path: str | Path, overwrite: bool = False) -> Path:
     """Pack every ``*_AGL.tif`` and ``*_VFLOW.json`` of ``pred_dir`` flat into a ``.tar.gz``."""
     pred_dir = Path(pred_dir)

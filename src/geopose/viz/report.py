@@ -137,7 +137,7 @@ def collect(
 ) -> tuple[list[ImageRow], dict | None]:
     """Read every prediction once (and its truth): per-image rows and, with truth, the pooled
     competition scores (``{"final", "cities", "images"}``)."""
-    from geopose.rectify import prediction_stems
+    from geopose.io import prediction_stems
 
     acc = None
     if truth_dir is not None:
@@ -190,7 +190,7 @@ def _image_section(
     truth_dir: Path | None,
     images_dir: Path | None,
 ) -> str:
-    from geopose.rectify import find_rgb
+    from geopose.io import find_rgb
     from geopose.viz.figures import figure_png, image_figure
 
     parts = [f"<h2>{html.escape(title)}</h2>"]
