@@ -53,12 +53,15 @@ def train_images_per_second(
 
     rec = load_recipe(recipe)
     model = create_model(rec).to(device).train()
+    model = model.to(memory_format=torch.channels_last)  # as geopose train does
     loss_fn = GeoposeLoss(rec["loss"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     agl = torch.rand(batch, 1, crop, crop, generator=g) * 20
     batch_d = {
-        "image": torch.rand(batch, 3, crop, crop, generator=g),
+        "image": torch.rand(batch, 3, crop, crop, generator=g).contiguous(
+            memory_format=torch.channels_last
+        ),
         "agl": agl,
         "mag": agl * 2.0,
         "direction": torch.nn.functional.normalize(torch.randn(batch, 2, generator=g), dim=1),
@@ -139,14 +142,24 @@ def main() -> None:
                     for lvl in ("none", "light", "heavy")
                 ]
                 print(f"{name:<24}" + "".join(f"{r:>10.1f}" for r in rates))
-    print(f"\ntraining, {args.recipe} at {args.train_crop}², batch {args.batch}, CPU fp32:")
+    from geopose.training.run import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
+    print(
+        f"\ntraining, {args.recipe} at {args.train_crop}², batch {args.batch}, CPU, channels_last "
+        f"(native bf16: {native}, so geopose train uses {'bf16' if native else 'fp32'}):"
+    )
     threads = torch.get_num_threads()
     for n in sorted({1, threads}):
         torch.set_num_threads(n)
-        ips, _ = train_images_per_second(
-            args.recipe, args.train_crop, args.batch, args.steps, "cpu"
-        )
-        print(f"  {n} thread(s): {ips:.2f} images/s ({args.batch / ips:.2f} s per step)")
+        for precision in ("32", "bf16"):
+            ips, _ = train_images_per_second(
+                args.recipe, args.train_crop, args.batch, args.steps, "cpu", precision
+            )
+            print(
+                f"  {n} thread(s) {precision:>4}: {ips:.2f} images/s "
+                f"({args.batch / ips:.2f} s per step)"
+            )
     torch.set_num_threads(threads)
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()

@@ -150,3 +150,14 @@ def test_time_boxed_cosine_decays_with_the_time_budget():
     assert lr_factor(10, t, 10, total, time_done=1.0) < 1e-6
     # steps further along than time: the step count rules
     assert math.isclose(lr_factor(5_000, t, 10, total, time_done=0.1), 0.5, abs_tol=1e-3)
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native, expected):
+    from geopose.training import run
+
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: native)
+    t = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "auto"}
+    t["strategy"] = "auto"
+    assert run._resolve_devices(t)[4] == expected
+    assert run._resolve_devices({**t, "precision": "32-true"})[4] == "32-true"

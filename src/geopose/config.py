@@ -106,7 +106,7 @@ TRAIN: dict[str, Opt] = {
     "precision": Opt(
         "auto",
         "str",
-        "auto: bf16-mixed on GPU, 32-true on CPU",
+        "auto: bf16-mixed on GPU and on CPUs with native bf16, else 32-true",
         choices=("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
     ),
     "accelerator": Opt("auto", "str", "auto | cpu | gpu", choices=("auto", "cpu", "gpu", "cuda")),

@@ -65,6 +65,15 @@ class RankChecksum(Callback):
         pl_module.rank_checksums = gathered
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX, via oneDNN): there bf16-mixed
+    trains about twice as fast as float32 (BENCHMARKS.md); elsewhere it would be emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _resolve_devices(t: dict) -> tuple[str, int | str, int, object, str]:
     """(accelerator, devices, num_nodes, strategy, precision) for the Trainer."""
     from lightning.pytorch.strategies import DDPStrategy
@@ -83,7 +92,7 @@ def _resolve_devices(t: dict) -> tuple[str, int | str, int, object, str]:
             nodes = max(1, int(world) // int(local))
     precision = t["precision"]
     if precision == "auto":
-        precision = "bf16-mixed" if accel == "gpu" else "32-true"
+        precision = "bf16-mixed" if accel == "gpu" or cpu_has_native_bf16() else "32-true"
     strategy: object = t["strategy"]
     if strategy == "auto" and devices * nodes > 1:
         strategy = "ddp"

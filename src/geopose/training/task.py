@@ -77,7 +77,12 @@ class GeoposeTask(L.LightningModule):
         return self.config["train"]
 
     def forward(self, batch: dict):
-        return self.model(batch["image"], batch["gsd"], batch["city"])
+        image = batch["image"].contiguous(memory_format=torch.channels_last)
+        return self.model(image, batch["gsd"], batch["city"])
+
+    def on_fit_start(self) -> None:
+        # channels_last: faster convolutions under oneDNN (CPU) and tensor cores (GPU).
+        self.model.to(memory_format=torch.channels_last)
 
     # --- training ---------------------------------------------------------------------------
 
