@@ -50,7 +50,7 @@ def model() -> nn.Module:
 def pooled_model() -> nn.Module:
     """cpu_small with a pooled direction head and a regressed scale, randomly initialised.
 
-    cpu_small's own direction (a fit of its flow head) is, at random init, almost independent
+    cpu_small's own direction (a fit of its ramp head) is, at random init, almost independent
     of the image: its eight back-transformed D4 views nearly cancel (|mean| ~ 1e-4), so the
     TTA angle is rounding noise magnified 10⁴ times. The pooled head depends on the content
     more (|mean| ~ 0.02), which lets the angle be checked to a tight tolerance.

@@ -83,7 +83,8 @@ def test_recipe_builds_gives_geopose_outputs_and_trains_its_encoder(recipe):
     if model.config["scale"]["kind"] != "lstsq":  # regressed / flow scales are |v| or softplus
         assert (out.scale >= 0).all()
     total, parts = GeoposeLoss(load_recipe(recipe)["loss"])(out, _batch(2, 64, 64))
-    assert torch.isfinite(total) and {"agl", "direction", "scale"} <= set(parts)
+    assert torch.isfinite(total) and {"agl", "scale"} <= set(parts)
+    assert {"direction", "ramp"} & set(parts)  # a direction loss, or the ramps it is read off
     total.backward()
     first = next(p for p in model.encoder.parameters() if p.requires_grad)
     assert first.grad is not None and first.grad.abs().sum() > 0
@@ -156,7 +157,7 @@ def test_gsd_multiply_turns_ground_pixels_into_metres():
 
 
 def test_gsd_and_city_change_the_prediction_when_used():
-    model = create_model("cpu_small", decoder={"channels": [16, 16, 16]}).eval()
+    model = create_model("cpu_small", decoder={"channels": [16, 16, 16, 16]}).eval()
     image = torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)
     with torch.no_grad():
         by_gsd = model(image, torch.tensor([0.3, 0.6]), torch.tensor([1, 1]))

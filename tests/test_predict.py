@@ -25,10 +25,12 @@ from geopose.models import create_model, load_recipe
 
 
 def recipe() -> dict:
-    """cpu_small with a softplus AGL output: random weights then give positive heights (not
-    clipped to 0 m), so the AGL files carry information."""
+    """cpu_small with a softplus AGL output and a pooled direction head: random weights then
+    give positive heights (not clipped to 0 m) and image-dependent angles (an untrained ramp
+    head has no facades to read), so the output files carry information."""
     cfg = load_recipe("cpu_small")
     cfg["model"]["agl"]["out_activation"] = "softplus"
+    cfg["model"]["direction"] = {"kind": "pooled"}
     return cfg
 
 

@@ -105,8 +105,8 @@ def onnx_parity(
         ref = [t for t in model(image, gsd, city) if t is not None]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {"image": image.numpy(), "gsd": gsd.numpy(), "city": city.numpy()}
-    names = {i.name for i in sess.get_inputs()}
-    got = sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    inputs = {i.name for i in sess.get_inputs()}
+    got = sess.run(None, {k: v for k, v in feeds.items() if k in inputs})
     return {
         name: float(np.max(np.abs(r.numpy() - g)))
         for name, r, g in zip(names, ref, got, strict=True)
