@@ -175,6 +175,39 @@ def test_ensemble_averages_opposite_ish_angles_as_unit_vectors():
     assert float(out.agl.mean()) == pytest.approx(4.0) and float(out.scale) == pytest.approx(2.0)
 
 
+def test_shrink_scale_is_the_length_of_the_mean_flow_direction():
+    """Views that agree keep their scale; opposite ones cancel it; perpendicular ones give √½;
+    the direction is the same with and without shrinking."""
+
+    def out(angle: float, scale: float) -> GeoposeOutput:
+        d = torch.tensor([[math.sin(angle), math.cos(angle)]])
+        z = torch.zeros(1, 1, 4, 4)
+        return GeoposeOutput(z, z, d, torch.tensor([scale]))
+
+    for angles, factor in (
+        ([0.3, 0.3], 1.0),
+        ([0.3, 0.3 + math.pi], 0.0),
+        ([0.0, math.pi / 2], 0.5**0.5),
+    ):
+        views = [out(a, s) for a, s in zip(angles, (1.0, 3.0), strict=True)]
+        plain, shrunk = average_outputs(views), average_outputs(views, shrink_scale=True)
+        assert float(plain.scale) == pytest.approx(2.0)
+        assert float(shrunk.scale) == pytest.approx(2.0 * factor, abs=1e-6)
+        if factor > 0:
+            torch.testing.assert_close(shrunk.direction, plain.direction)
+
+
+def test_shrunk_d4_scale_is_still_invariant(pooled_model):
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    g, c = torch.tensor([0.4]), torch.tensor([2])
+    with torch.inference_mode():
+        base = predict_tta(pooled_model, x, g, c, "d4", 8, shrink_scale=True)
+        plain = predict_tta(pooled_model, x, g, c, "d4", 8)
+        moved = predict_tta(pooled_model, d4_tensor(x, 1, True), g, c, "d4", 8, shrink_scale=True)
+    assert float(base.scale) < float(plain.scale)  # a random model's views disagree
+    torch.testing.assert_close(moved.scale, base.scale, atol=1e-5, rtol=1e-5)
+
+
 def test_ensemble_weights():
     a1, a2 = math.radians(30), math.radians(150)
     ens = Ensemble([Constant(2.0, a1, 1.0), Constant(6.0, a2, 3.0)], weights=[3, 1])

@@ -131,7 +131,10 @@ def predict_test(s: DemoSettings, ckpt: Path, log: Log) -> None:
     from geopose.inference.run import run_predict
 
     log(f"predict: {s.n_test} test images, TTA {s.tta}")
-    run_predict([(ckpt, 1.0)], s.data / "test", s.pred, tta=s.tta, device="cpu", batch=8)
+    # Scored predictions: the scale shrinks where the D4 views disagree on the direction.
+    run_predict(
+        [(ckpt, 1.0)], s.data / "test", s.pred, tta=s.tta, device="cpu", batch=8, shrink_scale=True
+    )
 
 
 def evaluate_test(s: DemoSettings, log: Log) -> dict:

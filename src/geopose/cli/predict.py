@@ -20,6 +20,12 @@ def predict(
     images: Path = typer.Option(..., "--images", help="Folder of RGB images (.j2k/.tif/.png)."),
     out: Path = typer.Option(..., "--out", help="Output folder for the predictions."),
     tta: str = typer.Option("d4", "--tta", help="Test-time augmentation: none, flip, d2 or d4."),
+    shrink_scale: bool = typer.Option(
+        False,
+        "--shrink-scale",
+        help="Scale × the agreement of the TTA views' directions: the mean flow, better under "
+        "the score when the direction is uncertain; not the physical scale (rectify without).",
+    ),
     ensemble: Path | None = typer.Option(
         None, "--ensemble", help="YAML spec of ensemble members (checkpoints and weights)."
     ),
@@ -98,6 +104,7 @@ def predict(
             images,
             out,
             tta=tta,
+            shrink_scale=shrink_scale,
             device=device,
             batch=batch,
             tile_size=tile_size,

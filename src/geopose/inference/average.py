@@ -1,7 +1,10 @@
 """The one averaging rule of TTA views, tiles, checkpoints and models (CONVENTIONS.md).
 
 Maps (AGL m, MAG px) and scales (px/m) are weighted arithmetic means; directions are averaged as
-unit vectors ``(sin a, cos a)``, weighted, then renormalised.
+unit vectors ``(sin a, cos a)``, weighted, then renormalised. Optionally (``shrink_scale``) the
+scale is also multiplied by the length of that mean of unit vectors (1 when the views agree, 0
+when they cancel): the image's mean flow vector, the best guess under a squared-error score
+when the direction is uncertain (but not the physical scale: leave it off to rectify).
 """
 
 from __future__ import annotations
@@ -48,17 +51,22 @@ def mean_direction(directions: Sequence[torch.Tensor], weights=None) -> torch.Te
     return unit(mean).to(dtype)
 
 
-def average_outputs(outputs: Sequence[Any], weights=None) -> Any:
-    """Average model outputs (``agl``, ``mag``, ``direction``, ``scale``) by the rule above.
+def average_outputs(outputs: Sequence[Any], weights=None, shrink_scale: bool = False) -> Any:
+    """Average model outputs (``agl``, ``mag``, ``direction``, ``scale``) by the rule above;
+    ``shrink_scale`` multiplies the scale by the agreement of the directions (module doc).
 
     Returns an output of the same type as the first one, built from the four fields.
     """
     if not outputs:
         raise ValueError("nothing to average")
     first = outputs[0]
+    scale = weighted_mean([o.scale for o in outputs], weights)
+    if shrink_scale:
+        vec = weighted_mean([unit(o.direction.double()) for o in outputs], weights)
+        scale = scale * vec.norm(dim=-1).to(scale.dtype)
     return type(first)(
         agl=weighted_mean([o.agl for o in outputs], weights),
         mag=weighted_mean([o.mag for o in outputs], weights),
         direction=mean_direction([o.direction for o in outputs], weights),
-        scale=weighted_mean([o.scale for o in outputs], weights),
+        scale=scale,
     )

@@ -257,6 +257,8 @@ class Predictor:
         max_batch: most images (TTA views × tiles) per forward call.
         tile_size: images with a side above this (px) are predicted in overlapping tiles;
             0 = never tile (CUDA out-of-memory still falls back to tiles).
+        shrink_scale: multiply the scale by the agreement of the TTA views' directions
+            (``geopose.inference.average``): better scores, not the physical scale.
     """
 
     def __init__(
@@ -268,8 +270,10 @@ class Predictor:
         max_batch: int = 8,
         tile_size: int = 2048,
         amp: bool = True,
+        shrink_scale: bool = False,
     ) -> None:
         tta_views(tta)  # check the name early
+        self.shrink_scale = bool(shrink_scale)
         self.device = torch.device(device)
         runners = [ModelRunner(m, amp=amp).to_device(self.device) for m in models]
         self.forward = Ensemble(runners, weights)
@@ -280,7 +284,9 @@ class Predictor:
     def _predict_batch(
         self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None
     ) -> Any:
-        return predict_tta(self.forward, image, gsd, city, self.tta, self.max_batch)
+        return predict_tta(
+            self.forward, image, gsd, city, self.tta, self.max_batch, self.shrink_scale
+        )
 
     def _run(self, img: torch.Tensor, gsd: float, city: int, tile: int) -> Any:
         h, w = img.shape[-2:]

@@ -64,6 +64,7 @@ def run_predict(
     city: str | None = None,
     tar: str | Path | None = None,
     overwrite: bool = False,
+    shrink_scale: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[ImageJob, str], None] | None = None,
 ) -> PredictReport | None:
@@ -84,7 +85,12 @@ def run_predict(
 
         def load() -> Predictor:
             return Predictor.from_checkpoints(
-                members, tta=tta, device=dev, max_batch=batch, tile_size=tile_size
+                members,
+                tta=tta,
+                device=dev,
+                max_batch=batch,
+                tile_size=tile_size,
+                shrink_scale=shrink_scale,
             )[0]
 
         if on_start is not None:

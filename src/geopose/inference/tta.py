@@ -151,6 +151,7 @@ def predict_tta(
     city: torch.Tensor | None = None,
     tta: str | Sequence[View] = "d4",
     max_batch: int = 8,
+    shrink_scale: bool = False,
 ) -> Any:
     """Predict a batch with test-time augmentation.
 
@@ -160,6 +161,8 @@ def predict_tta(
         gsd: B ground sample distances (m/px); ``city``: B long indices or None.
         tta: a mode name (``none``, ``flip``, ``d2``, ``d4``) or a list of D4 elements.
         max_batch: most images (views × inputs) per forward call.
+        shrink_scale: scale × the length of the views' mean unit direction
+            (``average_outputs``): the mean flow when the views disagree on the direction.
 
     Returns:
         The averaged output (same type as ``forward``'s): ``agl``/``mag`` B×1×H×W (m, px),
@@ -182,4 +185,4 @@ def predict_tta(
             per_view[v] = _slice(out, slice(i * b, (i + 1) * b))
     like = per_view[views[0]]
     inverted = [_invert(per_view[v], v, like) for v in views]
-    return average_outputs(inverted)
+    return average_outputs(inverted, shrink_scale=shrink_scale)
