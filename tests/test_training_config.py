@@ -161,3 +161,24 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native, ex
     t["strategy"] = "auto"
     assert run._resolve_devices(t)[4] == expected
     assert run._resolve_devices({**t, "precision": "32-true"})[4] == "32-true"
+
+
+def test_time_budget_share_survives_a_resume():
+    """The time-boxed cosine reads Lightning's Timer, whose elapsed time a checkpoint carries
+    across --resume; a resumed run must not restart its decay from the top."""
+    import time
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    from geopose.training.task import GeoposeTask
+
+    task = GeoposeTask(resolve_config("cpu_small", ["train.max_minutes=10"]))
+    assert task.time_done() == 0.0  # not training yet
+    timer = Timer(duration="00:00:10:00")
+    timer.load_state_dict({"time_elapsed": {"train": 300.0}})  # as restored from a checkpoint
+    task._trainer = SimpleNamespace(callbacks=[timer])
+    assert math.isclose(task.time_done(), 0.5)
+    task._trainer = SimpleNamespace(callbacks=[])
+    task._fit_started = time.monotonic() - 60.0
+    assert math.isclose(task.time_done(), 0.1, abs_tol=0.01)

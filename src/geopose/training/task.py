@@ -167,13 +167,26 @@ class GeoposeTask(L.LightningModule):
     def on_train_start(self) -> None:
         self._fit_started = time.monotonic()
 
-    def time_done(self) -> float:
-        """Share (0-1) of ``train.max_minutes`` used since this fit started (0 without one)."""
-        budget = self.train_cfg.get("max_minutes")
+    def _train_seconds(self) -> float | None:
+        """Training seconds so far: Lightning's ``max_time`` Timer, which a checkpoint carries
+        across ``--resume``, else this fit's own clock; None before training starts."""
+        from lightning.pytorch.callbacks import Timer
+
+        trainer = self._trainer
+        for cb in getattr(trainer, "callbacks", None) or []:
+            if isinstance(cb, Timer):
+                return float(cb.time_elapsed("train"))
         started = getattr(self, "_fit_started", None)
-        if not budget or started is None:
+        return None if started is None else time.monotonic() - started
+
+    def time_done(self) -> float:
+        """Share (0-1) of ``train.max_minutes`` used so far, resumed runs included (0 without a
+        budget)."""
+        budget = self.train_cfg.get("max_minutes")
+        seconds = self._train_seconds()
+        if not budget or seconds is None:
             return 0.0
-        return min(1.0, (time.monotonic() - started) / (60.0 * budget))
+        return min(1.0, seconds / (60.0 * budget))
 
     def configure_optimizers(self):
         t = self.train_cfg
