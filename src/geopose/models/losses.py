@@ -210,6 +210,8 @@ def resolve_loss_config(cfg: dict | None) -> dict:
             raise ConfigError(f"loss.{name}.kind {merged['kind']!r} is not one of {list(KINDS)}")
         if name == "scale" and merged["kind"] == "r2":
             raise ConfigError("loss.scale.kind 'r2' is not supported; use mse, huber or l1")
+        if float(merged.get("max_slope", 1.0)) <= 0.0:
+            raise ConfigError(f"loss.{name}.max_slope must be > 0 m/px, got {merged['max_slope']}")
         if not 0.0 <= float(merged.get("trim", 0.0)) < 1.0:
             raise ConfigError(f"loss.{name}.trim must be in [0, 1), got {merged['trim']}")
         out[name] = None if float(merged["weight"]) == 0.0 else merged

@@ -152,6 +152,18 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError("model: direction/scale kind 'flow' needs a flow head (model.flow)")
     if "ramp" in (d, s) and cfg["ramp"] is None:
         raise ConfigError("model: direction/scale kind 'ramp' needs a ramp head (model.ramp)")
+    r = cfg["ramp"]
+    if r is not None:
+        if not 0.0 <= float(r["min_slope"]) < float(r["max_slope"]):
+            raise ConfigError(
+                f"model.ramp: need 0 <= min_slope < max_slope (m/px), got {r['min_slope']} and "
+                f"{r['max_slope']}"
+            )
+        if float(r["huber"]) <= 0 or int(r["iterations"]) < 1:
+            raise ConfigError(
+                f"model.ramp: huber must be > 0 and iterations >= 1, got {r['huber']} and "
+                f"{r['iterations']}"
+            )
     if s == "lstsq" and cfg["mag"] is None and cfg["flow"] is None:
         raise ConfigError("model.scale.kind 'lstsq' needs a mag head (model.mag: {...})")
     if not isinstance(cfg["encoder"], str):
