@@ -86,8 +86,12 @@ def test_city_folds_hold_out_whole_cities():
 def test_folds_written_once_and_checked(tmp_path):
     index = _index({"JAX": 6, "OMA": 6})
     path = tmp_path / "folds.csv"
+    # A non-zero DDP rank computes the same folds without touching the run folder.
+    other_rank = load_or_make_folds(path, index, 3, "stratified", 0, write=False)
+    assert not path.exists()
     first = load_or_make_folds(path, index, 3, "stratified", 0)
     assert path.is_file()
+    pd.testing.assert_frame_equal(first, other_rank)
     again = load_or_make_folds(path, index.iloc[:5], 3, "stratified", 0)  # read, not remade
     pd.testing.assert_frame_equal(first, again)
     with pytest.raises(GeoposeDataError, match="folds.csv.*scheme=stratified folds=3"):

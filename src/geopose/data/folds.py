@@ -80,16 +80,24 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 
 
 def load_or_make_folds(
-    path: str | Path, index: pd.DataFrame, k: int, scheme: str = "stratified", seed: int = 0
+    path: str | Path,
+    index: pd.DataFrame,
+    k: int,
+    scheme: str = "stratified",
+    seed: int = 0,
+    write: bool = True,
 ) -> pd.DataFrame:
     """The folds of ``index``: read from ``path`` if it exists (checked to match ``k``,
-    ``scheme``, ``seed`` and to cover every image), else made and written there once."""
+    ``scheme``, ``seed`` and to cover every image), else made (deterministically) and, with
+    ``write``, written there once. Only rank 0 of a distributed run writes: another rank that
+    wrote into the run folder before rank 0 prepared it would make rank 0 refuse the folder."""
     from geopose.io import write_text_atomic
 
     path = Path(path)
     if not path.exists():
         folds = make_folds(index, k, scheme, seed)
-        write_text_atomic(path, folds.to_csv(index=False))
+        if write:
+            write_text_atomic(path, folds.to_csv(index=False))
         return folds
     folds = read_folds(path)
     got = (str(folds["scheme"].iloc[0]), int(folds["folds"].iloc[0]), int(folds["seed"].iloc[0]))

@@ -3,6 +3,7 @@ images, sharded over DDP ranks by :class:`~geopose.data.dataset.EpochSampler`.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -64,7 +65,10 @@ class GeoposeDataModule(L.LightningDataModule):
         if len(index) == 0:
             raise ConfigError(f"data.root: {d['root']} has no training images")
         folds_csv = Path(d["folds_csv"]) if d["folds_csv"] else self.run_dir / "folds.csv"
-        folds = load_or_make_folds(folds_csv, index, d["folds"], d["fold_scheme"], d["fold_seed"])
+        rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0  # as run.train
+        folds = load_or_make_folds(
+            folds_csv, index, d["folds"], d["fold_scheme"], d["fold_seed"], write=rank0
+        )
         train, val = split_stems(folds[folds["stem"].isin(set(index["stem"]))], d["fold"])
         if d["val_max_images"] is not None:
             val = val[: d["val_max_images"]]
