@@ -1,0 +1,317 @@
+"""What every published family shares: the model contract, reading published files, strict
+weight loading and the family registry.
+
+A published model is a :class:`PublishedModel`: the family's exact original network (its
+state-dict keys are the published ones, less a ``module.`` prefix) wrapped so that it keeps
+geopose's model contract::
+
+    forward(image B×3×H×W RGB in [0, 1], gsd B (m/px), city B long (-1 unknown)) -> GeoposeOutput
+
+with AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit ``(sin a, cos a)`` and scale B
+(px/m), all at the input's resolution. The family's own input contract (channel order,
+normalisation, working resolution, where GSD and city enter, how the scale is formed, output
+clipping) lives inside the wrapper, so callers never pass family-specific flags.
+
+A family is a :class:`Family` subclass registered with :func:`register_family`; it recognises its
+files by content (:meth:`Family.matches`), builds the model from a file
+(:meth:`Family.from_container`) and rebuilds it from the JSON-able ``config`` it stores
+(:meth:`Family.build`, used by fine-tuned geopose checkpoints).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geopose.errors import ConfigError, GeoposeDataError
+from geopose.models.model import GeoposeOutput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CITY_ORDER = ("ARG", "ATL", "JAX", "OMA")
+"""City one-hot order of the published models (the same as ``geopose.io.CITIES``)."""
+
+
+# --- reading a published file ------------------------------------------------------------------
+
+
+@dataclass
+class Container:
+    """A published file as read: ``kind`` is ``"pickle"`` (``obj`` is what ``torch.load``
+    returned) or ``"torchscript"`` (``obj`` is the archive's ``state_dict()``)."""
+
+    path: Path
+    kind: str
+    obj: Any
+
+    def describe(self) -> str:
+        """A short account of what the file holds, for error messages."""
+        obj = self.obj
+        if self.kind == "torchscript":
+            return f"a TorchScript archive with {len(obj)} tensors ({_key_sample(obj)})"
+        if isinstance(obj, Mapping):
+            tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+            if tensors and tensors == len(obj):
+                return f"a state dict of {len(obj)} tensors ({_key_sample(obj)})"
+            return f"a dict with keys {sorted(map(str, obj))[:8]}"
+        return f"a pickled {type(obj).__name__}"
+
+
+def _key_sample(state: Mapping) -> str:
+    keys = list(state)
+    return ", ".join(map(str, keys[:3])) + (", ..." if len(keys) > 3 else "")
+
+
+def _numpy_globals() -> list:
+    """numpy objects that published checkpoints hold in their metadata (e.g. a numpy float
+    metric), allow-listed for ``torch.load(weights_only=True)``."""
+    import numpy as np
+
+    out: list = [np.dtype, np.ndarray]
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    out += [scalar, _reconstruct]
+    out += [type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "u1", "b1")]
+    return out
+
+
+def is_torchscript(path: Path) -> bool:
+    """True when ``path`` is a TorchScript archive (a zip holding ``…/code/`` and
+    ``…/constants.pkl``), whatever its name."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    has_code = any("/code/" in n for n in names)
+    return has_code and any(n.endswith("constants.pkl") for n in names)
+
+
+def read_container(path: str | Path) -> Container:
+    """Read a checkpoint file of any published format -> :class:`Container`.
+
+    TorchScript archives are read with ``torch.jit.load`` (no Python classes needed); pickled
+    files first with ``torch.load(weights_only=True)`` plus the numpy scalars the published
+    files hold, then, when they hold other Python objects, with full unpickling (only load
+    files you trust). Raises :class:`GeoposeDataError` naming the file for anything unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeoposeDataError(path, "no such checkpoint file")
+    if is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # torch.jit is deprecated, yet it is the format
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as exc:  # noqa: BLE001 - jit raises many kinds for bad archives
+            raise GeoposeDataError(
+                path, f"unreadable TorchScript archive ({type(exc).__name__})"
+            ) from exc
+        return Container(path, "torchscript", dict(state))
+    if zipfile.is_zipfile(path) and not _is_torch_zip(path):
+        with zipfile.ZipFile(path) as zf:
+            members = [n for n in zf.namelist() if not n.endswith("/")]
+        raise GeoposeDataError(
+            path,
+            f"a zip archive of {len(members)} file(s) ({', '.join(members[:3])}"
+            f"{', ...' if len(members) > 3 else ''}), not a checkpoint: extract the model file "
+            "(or use `geopose models download NAME`)",
+        )
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise GeoposeDataError(
+                path, f"not a readable PyTorch checkpoint ({type(exc).__name__})"
+            ) from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise GeoposeDataError(
+                path, f"not a readable PyTorch checkpoint ({type(exc2).__name__}: {exc2})"[:300]
+            ) from exc2
+    return Container(path, "pickle", obj)
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """True for a ``torch.save`` zip (one top folder holding ``data.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("data.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def state_dict_at(obj: Any, *keys: str) -> dict[str, torch.Tensor] | None:
+    """``obj[k1][k2]...`` when that is a dict of tensors with string keys, else None."""
+    for k in keys:
+        if not isinstance(obj, Mapping) or k not in obj:
+            return None
+        obj = obj[k]
+    if not isinstance(obj, Mapping) or not obj:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return None
+    return dict(obj)
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys without ``prefix`` (every key must carry it)."""
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path | None
+) -> None:
+    """Load ``state`` into ``module``: every key used, every shape equal, else one
+    :class:`GeoposeDataError` line naming the file and the first differences."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected key(s) ({', '.join(extra[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es) ({'; '.join(shapes[:2])})")
+    if problems:
+        what = type(module).__name__
+        raise GeoposeDataError(path, f"weights do not fit {what}: " + ", ".join(problems))
+    module.load_state_dict(dict(state), strict=True)
+
+
+# --- the model contract ------------------------------------------------------------------------
+
+
+class PublishedModel(nn.Module):
+    """Base of every published family's model: pads to ``divisor``, runs :meth:`run`, crops.
+
+    Subclasses set ``family``, build the original network in ``__init__(config)`` and implement
+    :meth:`run` (input already padded to a multiple of ``divisor``). ``config`` is JSON-able and
+    fully describes the architecture (it is what a fine-tuned geopose checkpoint stores).
+    """
+
+    family: ClassVar[str] = ""
+    divisor: int = 32
+    uses_gsd: bool = False
+    uses_city: bool = False
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.config = {"family": self.family, **dict(config)}
+
+    def run(
+        self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor
+    ) -> GeoposeOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        gsd: torch.Tensor | float | None = None,
+        city: torch.Tensor | None = None,
+    ) -> GeoposeOutput:
+        """Image B×3×H×W RGB in [0, 1], GSD B (m/px), city B (long, -1 unknown)."""
+        b, _, h, w = image.shape
+        if gsd is None:
+            if self.uses_gsd:
+                raise ValueError(f"the {self.family} model uses the GSD (m/px): pass gsd=")
+            gsd = 1.0
+        gsd = torch.as_tensor(gsd, dtype=image.dtype, device=image.device).reshape(-1)
+        gsd = gsd.expand(b)
+        if city is None:
+            city = torch.full((b,), -1, dtype=torch.long, device=image.device)
+        city = city.reshape(-1).long().expand(b)
+        x = pad_to(image, self.divisor)
+        out = self.run(x, gsd, city)
+        if x.shape[-2:] == (h, w):
+            return out
+        return out._replace(agl=out.agl[..., :h, :w], mag=out.mag[..., :h, :w])
+
+
+def pad_to(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Pad B×C×H×W at the bottom/right to multiples of ``divisor`` (reflect, else replicate)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def normalise(image: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(image - mean) / std`` per channel, B×3×H×W."""
+    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
+    return (image - m) / s
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+class Family:
+    """A published model family: how to recognise, convert and rebuild its files."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def matches(cls, container: Container) -> bool:
+        """True when ``container`` holds this family's published layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_container(cls, container: Container) -> PublishedModel:
+        """Build the model the file describes and load its weights strictly."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config: dict) -> PublishedModel:
+        """Rebuild the (untrained) model from its stored ``config``."""
+        raise NotImplementedError
+
+
+FAMILIES: dict[str, type[Family]] = {}
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    """Class decorator: add a :class:`Family` to :data:`FAMILIES` under ``cls.name``."""
+    if not cls.name or cls.name in FAMILIES:
+        raise ValueError(f"family name {cls.name!r} is empty or taken")
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def family_of(container: Container) -> type[Family] | None:
+    """The registered family whose layout ``container`` holds, or None."""
+    for fam in FAMILIES.values():
+        if fam.matches(container):
+            return fam
+    return None
+
+
+def build_published(config: dict) -> PublishedModel:
+    """Rebuild a published-family model from its stored config (``{"family": name, ...}``)."""
+    name = config.get("family")
+    if name not in FAMILIES:
+        raise ConfigError(f"model.family {name!r} is not one of {sorted(FAMILIES)}")
+    return FAMILIES[name].build({k: v for k, v in config.items() if k != "family"})

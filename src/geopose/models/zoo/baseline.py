@@ -1,0 +1,1 @@
+"""Placeholder: the baseline family is being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the first family is being written."""

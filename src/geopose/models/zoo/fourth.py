@@ -1,0 +1,1 @@
+"""Placeholder: the fourth family is being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the second family is being written."""
