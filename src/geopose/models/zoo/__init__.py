@@ -20,6 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from geopose.errors import GeoposeDataError
+
+# Importing a family module registers it (timm-style).
+from geopose.models.zoo import baseline, first, fourth, second  # noqa: E402, F401, I001
 from geopose.models.zoo.base import (
     FAMILIES,
     Container,
@@ -31,9 +34,6 @@ from geopose.models.zoo.base import (
     read_container,
     register_family,
 )
-
-# Importing a family module registers it (timm-style).
-from geopose.models.zoo import baseline, first, fourth, second  # noqa: E402, F401, I001
 
 
 def convert_container(container: Container) -> PublishedModel:
