@@ -21,7 +21,7 @@ from geopose.models import GeoposeLoss, create_model, list_recipes, load_recipe
 def count(recipe: str, size: int) -> tuple[float, float]:
     """(parameters in millions, forward GFLOPs for one size×size image) on the meta device."""
     with torch.device("meta"):
-        model = create_model(recipe).eval()
+        model = create_model(recipe, pretrained=False).eval()
         image = torch.rand(1, 3, size, size)
         gsd, city = torch.full((1,), 0.3), torch.zeros(1, dtype=torch.long)
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -33,7 +33,7 @@ def count(recipe: str, size: int) -> tuple[float, float]:
 def cpu_times(recipe: str, size: int, batch: int, repeats: int) -> tuple[float, float]:
     """(eval forward ms per image, train step ms per batch of ``batch``) on this CPU."""
     torch.manual_seed(0)
-    model = create_model(recipe)
+    model = create_model(recipe, pretrained=False)
     loss_fn = GeoposeLoss(load_recipe(recipe)["loss"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     image = torch.rand(batch, 3, size, size)

@@ -26,7 +26,7 @@ from geopose.models import create_model
 def bench(args: argparse.Namespace, tta: str) -> tuple[float, float, float]:
     """Median wall seconds, min wall seconds and median process CPU seconds per image."""
     torch.manual_seed(0)
-    model = create_model(args.recipe)
+    model = create_model(args.recipe, pretrained=False)
     pred = Predictor(
         [model], tta=tta, device=args.device, max_batch=args.batch, tile_size=args.tile_size
     )

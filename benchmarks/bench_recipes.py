@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--uniform-angles", action="store_true")
     args = ap.parse_args()
 
-    common = ["train.epochs=1000", "train.progress=false"]
+    common = ["train.epochs=1000", "train.progress=false", "model.pretrained=false"]
     recipes = {
         # the public benchmark: resnet34 UNet, pooled direction, lstsq scale, MSE, lr 1e-4
         "baseline": [*common, "data.aug=light", "train.scheduler=cosine"],

@@ -52,7 +52,7 @@ def train_images_per_second(
     from geopose.models import GeoposeLoss, create_model, load_recipe
 
     rec = load_recipe(recipe)
-    model = create_model(rec).to(device).train()
+    model = create_model(rec, pretrained=False).to(device).train()
     model = model.to(memory_format=torch.channels_last)  # as geopose train does
     loss_fn = GeoposeLoss(rec["loss"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -72,7 +72,7 @@ def test_list_recipes_has_every_reference_architecture():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_builds_gives_geopose_outputs_and_trains_its_encoder(recipe):
     torch.manual_seed(0)
-    model = create_model(recipe)
+    model = create_model(recipe, pretrained=False)
     image, gsd, city = _inputs(2, 64, 64)
     out = model(image, gsd, city)
     assert isinstance(out, GeoposeOutput)
@@ -112,7 +112,7 @@ def test_unknown_encoder_and_bad_keys_are_config_errors():
 
 
 def test_swapping_the_encoder_is_one_string():
-    model = create_model("baseline", encoder="mobilenetv3_large_100")
+    model = create_model("baseline", encoder="mobilenetv3_large_100", pretrained=False)
     assert model.encoder.name == "mobilenetv3_large_100"
     assert model.config["decoder"]["kind"] == "unet"
 
@@ -189,7 +189,9 @@ def test_flow_pose_direction_is_unit_even_for_a_flat_scene():
 
 
 def test_kbrodt_mag_is_agl_times_scale():
-    model = create_model("kbrodt", encoder="resnet18", decoder={"channels": [16, 16, 16]}).eval()
+    model = create_model(
+        "kbrodt", encoder="resnet18", decoder={"channels": [16, 16, 16]}, pretrained=False
+    ).eval()
     image, gsd, city = _inputs()
     with torch.no_grad():
         out = model(image, gsd, city)

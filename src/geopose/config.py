@@ -127,7 +127,9 @@ TRAIN: dict[str, Opt] = {
     "log_every": Opt(20, "int", "log every N steps", min=1),
     "progress": Opt(True, "bool", "rich progress bar"),
     "deterministic": Opt(False, "bool", "deterministic torch algorithms"),
-    "init_from": Opt(None, "path", "start from this checkpoint's weights", nullable=True),
+    "init_from": Opt(
+        None, "path", "start from these weights: a checkpoint, a published model", nullable=True
+    ),
 }
 
 SECTIONS: dict[str, dict[str, Opt]] = {"data": DATA, "train": TRAIN}

@@ -1,4 +1,5 @@
-"""``geopose export CHECKPOINT OUT.onnx``: a trained model to ONNX, checked under onnxruntime."""
+"""``geopose export MODEL OUT.onnx`` (or ``--model MODEL OUT.onnx``): any model geopose runs to
+ONNX, checked under onnxruntime."""
 
 from __future__ import annotations
 
@@ -6,33 +7,48 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console
+from geopose.cli.app import app, console, fail
 
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="Trained geopose checkpoint (.ckpt)."),
-    out: Path = typer.Argument(..., help="ONNX file to write."),
+    args: list[str] = typer.Argument(
+        ...,
+        help="MODEL OUT.onnx, or only OUT.onnx with --model. MODEL: a geopose checkpoint, a "
+        "published challenge file, or a downloaded published model's name.",
+        metavar="[MODEL] OUT",
+        show_default=False,
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The model (NAME or FILE) when not given before OUT."
+    ),
     size: int = typer.Option(256, "--size", help="Example input side (px, multiple of 32)."),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Compare with PyTorch under onnxruntime."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """Export a checkpoint's model to ONNX (dynamic batch and size; inputs image [0,1] B×3×H×W,
-    gsd B m/px, city B int64; outputs agl m, mag px, direction (sin, cos), scale px/m)."""
+    """Export a model to ONNX (dynamic batch and size; inputs image [0,1] B×3×H×W RGB, gsd B
+    m/px, city B int64; outputs agl m, mag px, direction (sin, cos), scale px/m). A published
+    model carries its own input contract (channel order, normalisation, resolution) inside."""
     from geopose.errors import GeoposeDataError, OutputExistsError
-    from geopose.models import load_checkpoint
+    from geopose.models import load_model
     from geopose.models.export import export_onnx, onnx_parity
 
+    if model is not None and len(args) == 1:
+        spec, out = model, Path(args[0])
+    elif model is None and len(args) == 2:
+        spec, out = args[0], Path(args[1])
+    else:
+        fail("give MODEL OUT.onnx, or --model MODEL OUT.onnx")
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
-    model, _ = load_checkpoint(checkpoint)
-    with console.status(f"exporting {checkpoint} to ONNX"):
-        export_onnx(model, out, size=size, overwrite=overwrite)
+    net, _ = load_model(spec)
+    with console.status(f"exporting {spec} to ONNX"):
+        export_onnx(net, out, size=size, overwrite=overwrite)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", highlight=False)
     if check:
-        diffs = onnx_parity(model, out, size=size)
+        diffs = onnx_parity(net, out, size=size)
         worst = max(diffs.values())
         console.print(
             "max |torch - onnxruntime|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()),

@@ -14,12 +14,28 @@ TTA_MODES = ("none", "flip", "d2", "d4")
 
 @app.command()
 def predict(
-    checkpoints: list[Path] | None = typer.Argument(
-        None, help="Lightning checkpoint(s) (.ckpt); several are ensembled with equal weights."
+    checkpoints: list[str] | None = typer.Argument(
+        None,
+        help="Model(s): geopose checkpoints (.ckpt), published challenge files, or published "
+        "model / ensemble names (geopose models); several are ensembled with equal weights.",
+        show_default=False,
+    ),
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A model as above (NAME or FILE); repeat for an ensemble.",
+        show_default=False,
     ),
     images: Path = typer.Option(..., "--images", help="Folder of RGB images (.j2k/.tif/.png)."),
     out: Path = typer.Option(..., "--out", help="Output folder for the predictions."),
-    tta: str = typer.Option("d4", "--tta", help="Test-time augmentation: none, flip, d2 or d4."),
+    tta: str | None = typer.Option(
+        None,
+        "--tta",
+        help="Test-time augmentation: none, flip, d2 or d4 (default d4; a published ensemble "
+        "named by --model: the authors' own).",
+        show_default=False,
+    ),
     shrink_scale: bool = typer.Option(
         False,
         "--shrink-scale",
@@ -73,17 +89,21 @@ def predict(
     from geopose.inference import distributed
     from geopose.inference.ensemble import read_ensemble_spec
     from geopose.inference.run import run_predict
+    from geopose.models import expand_specs, resolve_spec
 
-    if tta not in TTA_MODES:
+    if tta is not None and tta not in TTA_MODES:
         fail(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    members = [(p, 1.0) for p in checkpoints or []]
+    members, authors_tta = expand_specs([(p, 1.0) for p in [*(checkpoints or []), *(model or [])]])
     if ensemble is not None:
         members += read_ensemble_spec(ensemble)
     if not members:
-        fail("give at least one checkpoint (or --ensemble spec.yaml)")
-    for path, _ in members:
-        if not path.is_file():
-            fail(f"{path}: checkpoint not found")
+        fail(
+            "give at least one model (a checkpoint, a published model name or file), or "
+            "--ensemble spec.yaml"
+        )
+    for spec, _ in members:
+        resolve_spec(spec)  # a missing file or an undownloaded name stops here, with its fix
+    tta = tta or authors_tta or "d4"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda asked for, but no CUDA device is available")

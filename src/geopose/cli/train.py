@@ -28,8 +28,12 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue this run folder from its last checkpoint, exactly."
     ),
-    init_from: Path | None = typer.Option(
-        None, "--init-from", help="Start from this checkpoint's model weights (fresh optimizer)."
+    init_from: str | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from this model's weights (fresh optimizer): a geopose checkpoint, or a "
+        "published challenge model (NAME or FILE), whose architecture then replaces the "
+        "recipe's model section.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
 ) -> None:
@@ -61,7 +65,8 @@ def train(
             raise ConfigError("geopose train needs --config RECIPE and --out RUN (or --resume RUN)")
         extra = [f"data.root={data.resolve()}"] if data is not None else []
         if init_from is not None:
-            extra.append(f"train.init_from={init_from.resolve()}")
+            spec = Path(init_from).resolve() if Path(init_from).exists() else init_from
+            extra.append(f"train.init_from={spec}")
         cfg = resolve_config(config, extra + overrides)
     if cfg["data"]["root"] is None:
         raise ConfigError("no data: pass --data DATA (a data folder or a geopose prepare cache)")

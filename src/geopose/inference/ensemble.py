@@ -8,6 +8,10 @@ A spec lists members; paths are relative to the spec file::
       - checkpoints: [runs/v2l/epoch=40.ckpt, runs/v2l/epoch=45.ckpt]   # one weight each
         weight: 1
       - runs/r34/last.ckpt                                            # weight 1
+      - model: second_b7_unet_fold0                   # a published model (downloaded), or a file
+
+Members are geopose checkpoints, published challenge checkpoints of any known family, or names
+of published models in the cache (``geopose.models.load_model``).
 
 Members are averaged by the rule of :mod:`geopose.inference.average` (maps and scales weighted
 means, directions weighted unit-vector means, renormalised).
@@ -26,8 +30,8 @@ from torch import nn
 from geopose.errors import GeoposeDataError
 from geopose.inference.average import average_outputs
 
-Member = tuple[Path, float]
-"""A checkpoint path and its weight."""
+Member = tuple[str | Path, float]
+"""A model (checkpoint path or published model name) and its weight."""
 
 
 class Ensemble(nn.Module):
@@ -57,7 +61,10 @@ def _weight(entry: dict, spec: Path) -> float:
 
 
 def read_ensemble_spec(path: str | Path) -> list[Member]:
-    """Read an ensemble YAML spec -> [(checkpoint path, weight)], checking every file exists."""
+    """Read an ensemble YAML spec -> [(checkpoint path or published name, weight)], checking
+    every file exists."""
+    from geopose.models.zoo import catalog
+
     path = Path(path)
     if not path.is_file():
         raise GeoposeDataError(path, "ensemble spec not found")
@@ -74,10 +81,10 @@ def read_ensemble_spec(path: str | Path) -> list[Member]:
             entry = {"checkpoint": entry}
         if not isinstance(entry, dict):
             raise GeoposeDataError(path, f"a member must be a path or a mapping, got {entry!r}")
-        unknown = set(entry) - {"checkpoint", "checkpoints", "weight"}
+        unknown = set(entry) - {"checkpoint", "checkpoints", "model", "weight"}
         if unknown:
             raise GeoposeDataError(path, f"unknown member key(s) {sorted(unknown)}")
-        ckpts = entry.get("checkpoints") or [entry.get("checkpoint")]
+        ckpts = entry.get("checkpoints") or [entry.get("checkpoint") or entry.get("model")]
         if not isinstance(ckpts, list) or not all(isinstance(c, str) for c in ckpts):
             raise GeoposeDataError(
                 path, f"member needs 'checkpoint: PATH' or 'checkpoints: [..]': {entry!r}"
@@ -85,21 +92,23 @@ def read_ensemble_spec(path: str | Path) -> list[Member]:
         w = _weight(entry, path)
         for c in ckpts:
             p = Path(c) if Path(c).is_absolute() else path.parent / c
-            if not p.is_file():
-                raise GeoposeDataError(p, f"checkpoint listed in {path} not found")
-            out.append((p, w))
+            if p.is_file():
+                out.append((p, w))
+            elif c in catalog.CATALOG:
+                out.append((c, w))
+            else:
+                raise GeoposeDataError(p, f"model listed in {path} not found")
     return out
 
 
-def load_ensemble(
-    members: Sequence[Member], map_location: str = "cpu"
-) -> tuple[list[nn.Module], list[float], list[dict]]:
-    """Load checkpoints (``geopose.models.load_checkpoint``) -> (models, weights, configs)."""
-    from geopose.models import load_checkpoint
+def load_ensemble(members: Sequence[Member]) -> tuple[list[nn.Module], list[float], list[dict]]:
+    """Load models (``geopose.models.load_model``: checkpoints, published files or names) ->
+    (models, weights, configs)."""
+    from geopose.models import load_model
 
     models, weights, configs = [], [], []
     for path, w in members:
-        model, cfg = load_checkpoint(path, map_location=map_location)
+        model, cfg = load_model(path)
         models.append(model)
         weights.append(w)
         configs.append(cfg)

@@ -337,11 +337,11 @@ class Predictor:
     def from_checkpoints(
         cls, members: Sequence[tuple[str | Path, float]], **kwargs: Any
     ) -> tuple[Predictor, list[dict]]:
-        """Load ``[(checkpoint, weight)]`` with ``geopose.models.load_checkpoint`` -> (predictor,
-        configs)."""
+        """Load ``[(model, weight)]`` with ``geopose.models.load_model`` (geopose checkpoints,
+        published files or names) -> (predictor, configs)."""
         from geopose.inference.ensemble import load_ensemble
 
-        models, weights, configs = load_ensemble([(Path(p), w) for p, w in members])
+        models, weights, configs = load_ensemble(members)
         return cls(models, weights, **kwargs), configs
 
 

@@ -53,7 +53,7 @@ def _pack_and_validate(out_dir: Path, tar: Path, images_dir: Path, overwrite: bo
 
 
 def run_predict(
-    members: Sequence[tuple[Path, float]],
+    members: Sequence[tuple[str | Path, float]],
     images_dir: str | Path,
     out_dir: str | Path,
     tta: str = "d4",

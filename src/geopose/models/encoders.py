@@ -61,8 +61,10 @@ def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     except (RuntimeError, OSError, ValueError) as exc:
         if pretrained:
             raise ConfigError(
-                f"encoder {name!r}: pretrained weights could not be loaded ({exc}); "
-                "set pretrained: false or make the weights available offline"
+                f"encoder {name!r}: its ImageNet weights could not be loaded (no network? "
+                f"{str(exc)[:200]}); train from scratch with the override model.pretrained=false "
+                "(or pretrained: false in the recipe), or put the weights in the Hugging Face "
+                "cache (HF_HOME) on a machine with a network first"
             ) from exc
         problem = f"encoder {name!r} cannot be built with features_only=True: {exc}"
         raise ConfigError(problem) from exc

@@ -1,4 +1,5 @@
-"""ONNX export of a GeoposeModel, and a parity check under onnxruntime.
+"""ONNX export of a geopose model (a GeoposeModel or a published family's), and a parity check
+under onnxruntime.
 
 The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B float32, m/px) and
 ``city`` (B int64, -1 = unknown; inputs a model does not use may be absent from the graph) and
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from geopose.io.atomic import atomic_path
-from geopose.models.model import GeoposeModel, GeoposeOutput
+from geopose.models.model import GeoposeOutput
 
 OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this order
 
@@ -25,7 +26,7 @@ OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this or
 class _OnnxWrapper(nn.Module):
     """Positional (image, gsd, city) -> tuple of output tensors (no None)."""
 
-    def __init__(self, model: GeoposeModel) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -34,7 +35,7 @@ class _OnnxWrapper(nn.Module):
         return tuple(t for t in out if t is not None)
 
 
-def _output_names(model: GeoposeModel, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+def _output_names(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
     """Names of the outputs ``model`` produces (its non-None GeoposeOutput fields)."""
     out = model(*inputs)
     return [name for name, t in zip(OUTPUT_NAMES, out, strict=True) if t is not None]
@@ -50,7 +51,7 @@ def example_inputs(size: int = 256, batch: int = 2, seed: int = 0) -> tuple[torc
 
 
 def export_onnx(
-    model: GeoposeModel,
+    model: nn.Module,
     path: str | Path,
     size: int = 256,
     overwrite: bool = False,
@@ -93,7 +94,7 @@ def export_onnx(
 
 
 def onnx_parity(
-    model: GeoposeModel, path: str | Path, size: int = 256, batch: int = 2, seed: int = 1
+    model: nn.Module, path: str | Path, size: int = 256, batch: int = 2, seed: int = 1
 ) -> dict[str, float]:
     """Largest |PyTorch - onnxruntime| per output on random inputs (units of each output)."""
     import onnxruntime as ort

@@ -114,8 +114,18 @@ def _check_keys(cfg: dict, defaults: dict, where: str) -> None:
 
 
 def resolve_model_config(cfg: dict | None) -> dict:
-    """Fill a ``model:`` section with defaults and check every key; returns a new dict."""
+    """Fill a ``model:`` section with defaults and check every key; returns a new dict.
+
+    A section with ``family:`` describes a published model (``geopose.models.zoo``); it is
+    returned as it is once the family is known.
+    """
     cfg = dict(cfg or {})
+    if "family" in cfg:
+        from geopose.models.zoo import FAMILIES
+
+        if cfg["family"] not in FAMILIES:
+            raise ConfigError(f"model.family {cfg['family']!r} is not one of {sorted(FAMILIES)}")
+        return cfg
     if isinstance(cfg.get("encoder"), dict):  # encoder: {name: ..., pretrained: ..., ...}
         enc = dict(cfg.pop("encoder"))
         cfg["encoder"] = enc.pop("name", MODEL_DEFAULTS["encoder"])
@@ -338,15 +348,32 @@ def load_recipe(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
     return recipe
 
 
-def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> GeoposeModel:
-    """Build a :class:`GeoposeModel` from a recipe name, a YAML path, a whole recipe dict or a
-    ``model:`` section; keyword overrides are deep-merged into the model section, e.g.
-    ``create_model("kbrodt", encoder="resnet18", decoder={"channels": [64, 32, 16]})``."""
+def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> nn.Module:
+    """Build a model from a recipe name, a YAML path, a whole recipe dict or a ``model:``
+    section; keyword overrides are deep-merged into the model section, e.g.
+    ``create_model("kbrodt", encoder="resnet18", decoder={"channels": [64, 32, 16]})``.
+
+    A :class:`GeoposeModel`, or a published family's model (``geopose.models.zoo``) for a
+    section with ``family:``; both keep the same ``forward(image, gsd, city)`` contract.
+    """
     if isinstance(recipe, dict):
         model_cfg = recipe["model"] if isinstance(recipe.get("model"), dict) else recipe
     else:
         model_cfg = load_recipe(recipe)["model"]
-    return GeoposeModel(deep_merge(model_cfg, overrides))
+    cfg = deep_merge(model_cfg, overrides)
+    if "family" in cfg:
+        from geopose.models.zoo import build_published
+
+        return build_published(cfg)
+    return GeoposeModel(cfg)
+
+
+def without_pretrained(model_cfg: dict) -> dict:
+    """A ``model:`` section whose encoder is built without ImageNet weights: for models whose
+    weights all come from a checkpoint (loading, resuming, fine-tuning)."""
+    if "family" in model_cfg:
+        return dict(model_cfg)
+    return {**resolve_model_config(model_cfg), "pretrained": False}
 
 
 _UNREADABLE = "not a readable PyTorch checkpoint ({})"
@@ -366,17 +393,21 @@ def _read_checkpoint(path: Path, map_location) -> Any:
         raise GeoposeDataError(path, _UNREADABLE.format(type(exc).__name__)) from exc
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[GeoposeModel, dict]:
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", ckpt: dict | None = None
+) -> tuple[nn.Module, dict]:
     """Read a geopose (Lightning) checkpoint -> ``(model.eval(), config)``.
 
     The checkpoint holds ``hyper_parameters.config`` (the full recipe, with ``model:``) and a
-    ``state_dict`` whose model keys start with ``model.``. Raises GeoposeDataError for a
-    missing, corrupt or non-geopose file.
+    ``state_dict`` whose model keys start with ``model.``; ``ckpt`` is its content when already
+    read. Raises GeoposeDataError for a missing, corrupt or non-geopose file. (Published
+    challenge files: ``geopose.models.load_model``.)
     """
     path = Path(path)
-    if not path.is_file():
-        raise GeoposeDataError(path, "no such checkpoint file")
-    ckpt = _read_checkpoint(path, map_location)
+    if ckpt is None:
+        if not path.is_file():
+            raise GeoposeDataError(path, "no such checkpoint file")
+        ckpt = _read_checkpoint(path, map_location)
     config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise GeoposeDataError(path, "not a geopose checkpoint (no hyper_parameters.config.model)")
@@ -385,7 +416,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[Geopos
         raise GeoposeDataError(path, "not a geopose checkpoint (no state_dict)")
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
-        model = create_model(config)
+        # The checkpoint holds every weight: never fetch the encoder's ImageNet weights here.
+        model = create_model(without_pretrained(config["model"]))
         model.load_state_dict(weights, strict=True)
     except (RuntimeError, ConfigError) as exc:
         problem = f"weights do not fit the checkpoint's model config: {str(exc)[:300]}"

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 
 from geopose.config import save_config
 from geopose.errors import ConfigError, GeoposeDataError, GeoposeError, OutputExistsError
+from geopose.models.model import without_pretrained
 from geopose.training.datamodule import GeoposeDataModule
 from geopose.training.task import GeoposeTask
 
@@ -117,15 +118,27 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _init_weights(task: GeoposeTask, path: str) -> None:
-    """Load the model weights of a geopose checkpoint (same architecture) into ``task``."""
-    from geopose.models import load_checkpoint
+def _init_model(config: dict) -> torch.nn.Module | None:
+    """The model ``train.init_from`` names (a geopose checkpoint, a published file or name),
+    loaded; a published model's architecture replaces the recipe's ``model:`` section (its
+    weights decide it). None without ``init_from``."""
+    spec = config["train"]["init_from"]
+    if not spec:
+        return None
+    from geopose.models import load_model
 
-    model, _ = load_checkpoint(path)
+    model, init_cfg = load_model(spec)
+    if "family" in init_cfg["model"]:
+        config["model"] = dict(init_cfg["model"])
+    return model
+
+
+def _init_weights(task: GeoposeTask, model: torch.nn.Module, spec: str) -> None:
+    """Copy ``model``'s weights (same architecture) into ``task``."""
     try:
         task.model.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as exc:
-        raise GeoposeDataError(path, f"weights do not fit this model: {str(exc)[:300]}") from exc
+        raise GeoposeDataError(spec, f"weights do not fit this model: {str(exc)[:300]}") from exc
 
 
 def _callbacks(cfg: dict, ckpt_dir: Path, validate: bool) -> list[Callback]:
@@ -180,6 +193,7 @@ def train(
     out = Path(out)
     t = config["train"]
     rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    init = None if resume else _init_model(config)  # before anything is written
     if rank0:
         _prepare_run_dir(out, resume, overwrite)
     ckpt_dir = out / CKPT_DIR
@@ -195,9 +209,12 @@ def train(
     if rank0:
         save_config(config, out / "config.yaml")
         save_config(config, ckpt_dir / "config.yaml")
-    task = GeoposeTask(config, steps_per_epoch=spe, total_steps=total)
-    if t["init_from"] and not resume:
-        _init_weights(task, t["init_from"])
+    # ImageNet weights only for a fresh start: resumed and initialised runs overwrite them.
+    fresh = not resume and init is None
+    model_cfg = config["model"] if fresh else without_pretrained(config["model"])
+    task = GeoposeTask({**config, "model": model_cfg}, steps_per_epoch=spe, total_steps=total)
+    if init is not None:
+        _init_weights(task, init, t["init_from"])
     loggers = [
         CSVLogger(out / "logs", name="csv"),
         TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False),
