@@ -54,7 +54,7 @@ def rebuild(name: str) -> dict[str, torch.Tensor]:
     for e in m["state_dict"]["entries"]:
         k = e["key"]
         arr = rule(k, e["shape"], salt) if e["source"] == "rule" else stored[k]
-        out[k] = torch.from_numpy(np.ascontiguousarray(arr))
+        out[k] = torch.from_numpy(np.array(arr, copy=True))  # keeps 0-D tensors 0-D
     return out
 
 
