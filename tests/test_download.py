@@ -1,0 +1,318 @@
+"""Resumable downloads (geopose.io.download) and the published-model catalog, against a local
+HTTP server on 127.0.0.1: nothing here touches the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import re
+import socket
+import threading
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from geopose.errors import GeoposeDataError
+from geopose.inference.tta import TTA_VIEWS
+from geopose.io.download import download, extract_member, part_path
+from geopose.models.zoo import catalog
+
+PAYLOAD = bytes(range(256)) * 4000  # 1 024 000 bytes, several network chunks
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files``; honours ``Range`` unless ``server.ignore_range``; with
+    ``server.cut_after = N`` it announces the full length, sends N bytes and drops the
+    connection (once, then it resets to None)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/api/yandex"):
+            body = json.dumps({"href": srv.yandex_href}).encode()
+            return self._send(200, body, {"Content-Type": "application/json"})
+        entry = srv.files.get(self.path.split("?")[0])
+        if entry is None:
+            return self._send(404, b"not here", {"Content-Type": "text/plain"})
+        data, ctype = entry
+        start, status, headers = 0, 200, {"Content-Type": ctype}
+        rng = self.headers.get("Range")
+        if rng and not srv.ignore_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            if start >= len(data):
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.cut_after is not None:
+            n, srv.cut_after = srv.cut_after, None
+            self.wfile.write(body[:n])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        self.wfile.write(body)
+        return None
+
+    def _send(self, status, body, headers):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.files = {"/model.pth": (PAYLOAD, "application/octet-stream")}
+    srv.ignore_range = False
+    srv.cut_after = None
+    srv.requests = []
+    srv.yandex_href = None
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GEOPOSE_CACHE", str(root))
+    return root
+
+
+# --- download ----------------------------------------------------------------------------------
+
+
+def test_complete_download_reports_progress(server, tmp_path):
+    seen = []
+    dest = download(
+        server.base + "/model.pth",
+        tmp_path / "sub" / "m.pth",
+        sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert dest == tmp_path / "sub" / "m.pth"
+    assert dest.read_bytes() == PAYLOAD
+    assert not part_path(dest).exists()
+    assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_interrupted_download_resumes_byte_identical(server, tmp_path):
+    dest = tmp_path / "m.pth"
+    url = server.base + "/model.pth"
+    server.cut_after = 300_000
+    with pytest.raises(GeoposeDataError, match="run again to resume") as err:
+        download(url, dest)
+    assert url in str(err.value)
+    assert not dest.exists()
+    part = part_path(dest)
+    assert part.is_file() and 0 < part.stat().st_size < len(PAYLOAD)
+    have = part.stat().st_size
+
+    seen = []
+    download(url, dest, progress=lambda d, t: seen.append((d, t)))
+    assert dest.read_bytes() == PAYLOAD
+    assert not part.exists()
+    assert server.requests[-1] == ("/model.pth", f"bytes={have}-")
+    assert seen[0] == (have, len(PAYLOAD))  # the progress starts where the part file ended
+
+
+def test_server_ignoring_range_restarts(server, tmp_path):
+    dest = tmp_path / "m.pth"
+    part_path(dest).write_bytes(b"stale bytes that must not stay in front")
+    server.ignore_range = True
+    download(server.base + "/model.pth", dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests[-1][1] is not None  # a range was asked for, and ignored
+
+
+def test_complete_part_file_gets_416_and_is_finished(server, tmp_path):
+    dest = tmp_path / "m.pth"
+    part_path(dest).write_bytes(PAYLOAD)
+    download(server.base + "/model.pth", dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert dest.read_bytes() == PAYLOAD and not part_path(dest).exists()
+
+
+def test_404_is_a_one_line_error_naming_the_url(server, tmp_path):
+    url = server.base + "/missing.pth"
+    with pytest.raises(GeoposeDataError, match="HTTP 404") as err:
+        download(url, tmp_path / "x.pth")
+    msg = str(err.value)
+    assert url in msg and "\n" not in msg
+    assert not (tmp_path / "x.pth").exists() and not part_path(tmp_path / "x.pth").exists()
+
+
+def test_checksum_mismatch_deletes_everything(server, tmp_path):
+    dest = tmp_path / "m.pth"
+    with pytest.raises(GeoposeDataError, match="checksum mismatch"):
+        download(server.base + "/model.pth", dest, sha256="0" * 64)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_no_server_is_a_clear_error(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/model.pth"
+    with pytest.raises(GeoposeDataError, match="connect|refused") as err:
+        download(url, tmp_path / "m.pth", timeout=5)
+    assert url in str(err.value) and "\n" not in str(err.value)
+
+
+def test_html_page_refused_when_a_file_is_expected(server, tmp_path):
+    server.files["/page"] = (b"<html>log in</html>", "text/html; charset=utf-8")
+    with pytest.raises(GeoposeDataError, match="web page"):
+        download(server.base + "/page", tmp_path / "m.pth", accept_html=False)
+    assert not (tmp_path / "m.pth").exists()
+
+
+def test_extract_member_by_path_tail_and_nested(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("senet154/2_city_finetune/model_best_957.pt", b"inner")
+    outer = tmp_path / "folder.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr("chkps_dist/efficientnet-b6/1_aug_ft_unet/model_best_483.pt", b"b6")
+        zf.writestr("models/models.zip", inner.getvalue())
+    got = extract_member(outer, "efficientnet-b6/1_aug_ft_unet/model_best_483.pt", tmp_path / "a")
+    assert got.read_bytes() == b"b6"
+    got = extract_member(outer, "senet154/2_city_finetune/model_best_957.pt", tmp_path / "b")
+    assert got.read_bytes() == b"inner"
+    with pytest.raises(GeoposeDataError, match="no member"):
+        extract_member(outer, "nothing.pt", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(GeoposeDataError, match="not a readable zip"):
+        extract_member(tmp_path / "bad.zip", "x", tmp_path / "d")
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+def test_catalog_sanity():
+    names = [e.name for e in catalog.list_entries()]
+    assert len(names) == len(set(names)) == len(catalog.CATALOG)
+    assert not set(names) & set(catalog.ENSEMBLES)
+    for name, e in catalog.CATALOG.items():
+        assert e.name == name
+        assert e.family in {"baseline", "first", "second", "fourth"}
+        assert e.files and e.licence and e.source and e.input_contract
+        if e.needs_browser:
+            assert e.browser_url
+        else:
+            assert e.urls and all(u.startswith("https://") for u in e.urls)
+            assert len(e.urls) == len(e.files) or e.member is not None
+    for name, ens in catalog.ENSEMBLES.items():
+        assert ens.name == name and ens.tta in TTA_VIEWS
+        assert all(m in catalog.CATALOG for m, _ in ens.members)
+        assert sum(w for _, w in ens.members) == pytest.approx(1.0)
+    # the published line-up: 2 selim folds, 13 bloodaxe checkpoints, 3 kbrodt models
+    fams = [e.family for e in catalog.list_entries()]
+    assert (fams.count("first"), fams.count("second"), fams.count("fourth")) == (2, 13, 3)
+    assert len(catalog.ENSEMBLES["second"].members) == 9
+    assert catalog.ENSEMBLES["second"].tta == "d4"
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("GEOPOSE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert catalog.cache_dir() == tmp_path / "xdg" / "geopose" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert catalog.cache_dir() == Path.home() / ".cache" / "geopose" / "models"
+    monkeypatch.setenv("GEOPOSE_CACHE", str(tmp_path / "elsewhere"))
+    assert catalog.cache_dir() == tmp_path / "elsewhere"
+    assert catalog.cached_path("first-v2l-fold5") is None
+
+
+def test_fetch_downloads_into_the_moved_cache(server, cache, monkeypatch):
+    entry = catalog.CATALOG["second-b7-unet-fold0-best"]
+    local = replace(entry, urls=(server.base + "/model.pth",))
+    monkeypatch.setitem(catalog.CATALOG, entry.name, local)
+    path = catalog.fetch(entry.name)
+    assert path == cache / entry.name / entry.files[0]
+    assert path.read_bytes() == PAYLOAD
+    assert catalog.cached_path(entry.name) == path
+    n = len(server.requests)
+    assert catalog.fetch(entry.name) == path and len(server.requests) == n  # cached: no request
+
+
+def test_fetch_needs_browser(cache, tmp_path):
+    with pytest.raises(GeoposeDataError) as err:
+        catalog.fetch("baseline")
+    msg = str(err.value)
+    assert "browser" in msg and "--file" in msg and catalog.DATAPORT_URL in msg
+    assert "\n" not in msg
+    mine = tmp_path / "downloads" / "model_best.pth"
+    mine.parent.mkdir()
+    mine.write_bytes(b"weights")
+    path = catalog.fetch("baseline", local_file=mine)
+    assert path == cache / "baseline" / "model_best.pth" and path.read_bytes() == b"weights"
+    assert mine.is_file()  # copied, not moved
+    assert catalog.cached_path("baseline") == path
+    with pytest.raises(GeoposeDataError, match="no such file"):
+        catalog.fetch("baseline", local_file=tmp_path / "nope.pth")
+
+
+def test_fetch_fourth_from_yandex_archive(server, cache, monkeypatch):
+    buf = io.BytesIO()
+    contents = {}
+    with zipfile.ZipFile(buf, "w") as zf:
+        for e in catalog.list_entries():
+            if e.family == "fourth":
+                contents[e.name] = e.name.encode() * 100
+                zf.writestr("chkps_dist/" + e.member, contents[e.name])
+    server.files["/models.zip"] = (buf.getvalue(), "application/zip")
+    server.yandex_href = server.base + "/models.zip"
+    monkeypatch.setattr(catalog, "YANDEX_PUBLIC_API", server.base + "/api/yandex")
+
+    names = catalog.members_of("fourth")
+    archive = cache / catalog.ARCHIVE_DIR / "models.zip"
+    for i, name in enumerate(names):
+        path = catalog.fetch(name)
+        assert path.read_bytes() == contents[name]
+        assert path.name == Path(catalog.CATALOG[name].member).name
+        assert archive.exists() == (i < len(names) - 1)  # dropped once all are extracted
+    api_calls = [p for p, _ in server.requests if p.startswith("/api/yandex")]
+    assert len(api_calls) == 1 and "public_key=https%3A%2F%2Fdisk.yandex.com" in api_calls[0]
+
+
+def test_fetch_fourth_from_local_archive(cache, tmp_path):
+    zpath = tmp_path / "models.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("efficientnet-b7/2_aug_ft_unet/model_best_525.pt", b"b7")
+    path = catalog.fetch("fourth-effb7", local_file=zpath)
+    assert path == cache / "fourth-effb7" / "model_best_525.pt" and path.read_bytes() == b"b7"
+
+
+def test_unknown_names_and_dropbox_links():
+    with pytest.raises(GeoposeDataError, match="unknown published model"):
+        catalog.fetch("nope")
+    with pytest.raises(GeoposeDataError, match="is an ensemble"):
+        catalog.get_entry("second")
+    assert len(catalog.members_of("second-lite")) == 4
+    url = catalog.CATALOG["first-v2l-fold5"].urls[0]
+    assert url.endswith("?dl=0")
+    assert catalog.direct_url(url).endswith("?dl=1")
+    assert catalog.direct_url("https://github.com/a/b.pth") == "https://github.com/a/b.pth"
