@@ -7,8 +7,11 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from dataclasses import replace
@@ -316,3 +319,43 @@ def test_unknown_names_and_dropbox_links():
     assert url.endswith("?dl=0")
     assert catalog.direct_url(url).endswith("?dl=1")
     assert catalog.direct_url("https://github.com/a/b.pth") == "https://github.com/a/b.pth"
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_download_resumes_after_a_cut_and_lists_cached(server, cache, monkeypatch):
+    from typer.testing import CliRunner
+
+    from geopose.cli.main import app
+
+    runner = CliRunner()
+    entry = catalog.CATALOG["second-b7-unet-fold0-best"]
+    monkeypatch.setitem(
+        catalog.CATALOG, entry.name, replace(entry, urls=(server.base + "/model.pth",))
+    )
+    server.cut_after = 300_000
+    first = runner.invoke(app, ["models", "download", entry.name])
+    dest = cache / entry.name / entry.files[0]
+    assert first.exit_code != 0 and not dest.exists() and part_path(dest).is_file()
+    second = runner.invoke(app, ["models", "download", entry.name])
+    assert second.exit_code == 0, second.output
+    assert dest.read_bytes() == PAYLOAD and not part_path(dest).exists()
+    assert server.requests[-1][1] == "bytes=300000-"  # resumed where the cut left it
+    listing = runner.invoke(app, ["models", "--json"])
+    rows = {m["name"]: m for m in json.loads(listing.output)["models"]}
+    assert rows[entry.name]["cached"] == str(dest)
+    assert rows["first-v2l-fold5"]["cached"] is None
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "160"})
+    line = next(ln for ln in table.output.splitlines() if entry.name in ln)
+    assert "yes" in line and "127.0.0.1" in line  # the (patched) source host
+
+
+def test_cli_download_needs_browser_says_where(cache):
+    """A real process, as a user runs it: one error line naming the page and the way out."""
+    env = {**os.environ, "GEOPOSE_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "geopose.cli.main", "models", "download", "baseline"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "ieee-dataport.org" in proc.stderr and "--file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from geopose.cli import report, show  # noqa: E402, F401  isort: skip
 from geopose.cli import predict  # noqa: E402, F401  isort: skip
 from geopose.cli import synth  # noqa: E402, F401  isort: skip
 from geopose.cli import demo  # noqa: E402, F401  isort: skip
+from geopose.cli import models  # noqa: E402, F401  isort: skip
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,143 @@
+"""``geopose models`` (list the published challenge models) and ``geopose models download``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from geopose.cli.app import app, console, err_console, fail
+
+models_app = typer.Typer(
+    help="The published Overhead Geopose Challenge models: list them, download them.",
+    no_args_is_help=False,
+)
+app.add_typer(models_app, name="models")
+
+
+def _size(entry, cached: Path | None) -> str:
+    if cached is not None:
+        return f"{cached.stat().st_size / 2**20:.0f} MB"
+    return f"{entry.size_mb:.0f} MB" if entry.size_mb else "?"
+
+
+def _host(entry) -> str:
+    """Where an entry comes from, short: the URL's host (the full URLs: --json)."""
+    from urllib.parse import urlsplit
+
+    url = entry.browser_url if entry.needs_browser else (entry.urls[0] if entry.urls else "")
+    host = (urlsplit(url).hostname or "").removeprefix("www.") if url else "-"
+    return f"{host} (login)" if entry.needs_browser else host
+
+
+def _entry_json(entry, cached: Path | None) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(entry), "cached": str(cached) if cached is not None else None}
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print everything (URLs, files, notes) as JSON."
+    ),
+) -> None:
+    """List the published models (name, family, score, size, source, licence, cached) and the
+    authors' ensembles. Use a name with `predict --model`, `export --model` or
+    `train --init-from` once downloaded."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from geopose.models.zoo import catalog
+
+    entries = [(e, catalog.cached_path(e.name)) for e in catalog.list_entries()]
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        doc = {
+            "cache": str(catalog.cache_dir()),
+            "models": [_entry_json(e, c) for e, c in entries],
+            "ensembles": [asdict(e) for e in catalog.ENSEMBLES.values()],
+        }
+        print(json.dumps(doc, indent=1))
+        return
+    table = Table(title="Published models", title_justify="left")
+    for col in ("name", "family", "variant", "size", "source", "licence", "cached"):
+        table.add_column(col, overflow="fold", no_wrap=col == "name")
+    for e, cached in entries:
+        table.add_row(
+            e.name,
+            e.family,
+            escape(e.variant),
+            _size(e, cached),
+            escape(_host(e)),
+            escape(e.licence.split(" ", 1)[0]),
+            "[green]yes[/]" if cached is not None else "no",
+        )
+    console.print(table)
+    ens = Table(title="The authors' submissions (ensembles)", title_justify="left")
+    for col in ("name", "members", "TTA", "private score", "cached"):
+        ens.add_column(col, overflow="fold")
+    for e in catalog.ENSEMBLES.values():
+        n_cached = sum(catalog.cached_path(m) is not None for m, _ in e.members)
+        score = f"{e.authors_score:.4f}" if e.authors_score is not None else "-"
+        ens.add_row(e.name, str(len(e.members)), e.tta, score, f"{n_cached}/{len(e.members)}")
+    console.print(ens)
+    console.print(
+        f"cache: {escape(str(catalog.cache_dir()))} (GEOPOSE_CACHE moves it); URLs, files and "
+        "notes: geopose models --json",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@models_app.command("download")
+def download(
+    names: list[str] = typer.Argument(
+        ..., help="Published model or ensemble names (see `geopose models`).", show_default=False
+    ),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        help="A file you downloaded by hand (the model file, the zip holding it, or a folder): "
+        "copied into the cache. The only way for weights behind a login page (baseline).",
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Network timeout, seconds."),
+) -> None:
+    """Download published models into the cache (resumable: re-run after an interruption;
+    files appear only when complete). An ensemble name downloads all its members."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from geopose.models.zoo import catalog
+
+    entries = [m for name in names for m in catalog.members_of(name)]
+    if file is not None and len(entries) != 1:
+        fail(f"--file goes with one model name, got {len(entries)} ({', '.join(entries)})")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        for name in dict.fromkeys(entries):
+            task = bar.add_task(name, total=None)
+
+            def progress(done: int, total: int | None, task=task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            path = catalog.fetch(name, progress=progress, local_file=file, timeout=timeout)
+            bar.remove_task(task)
+            console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)
