@@ -15,7 +15,7 @@ import torch
 import zoo_fixtures as zf
 from typer.testing import CliRunner
 
-from geopose.cli.main import app
+from geopose.cli.main import app, main
 from geopose.errors import GeoposeDataError
 from geopose.io import read_agl, write_rgb
 from geopose.models import load_model
@@ -86,7 +86,7 @@ def test_onnx_export_of_a_published_model_matches_torch(tmp_path, baseline_model
     assert onnx.is_file() and "max |torch - onnxruntime|" in result.output
 
 
-def test_foreign_and_corrupt_files_are_one_line_errors(tmp_path):
+def test_foreign_and_corrupt_files_are_one_line_errors(tmp_path, capsys):
     foreign = tmp_path / "foreign.pth"
     torch.save({"net": {"conv.weight": torch.zeros(2, 3, 3, 3)}}, foreign)
     with pytest.raises(GeoposeDataError, match="not a published Geopose Challenge model") as e:
@@ -98,8 +98,14 @@ def test_foreign_and_corrupt_files_are_one_line_errors(tmp_path):
     with pytest.raises(GeoposeDataError, match="not a readable") as e:
         load_model(corrupt)
     assert str(corrupt) in str(e.value)
-    result = runner.invoke(app, ["predict", "--model", str(corrupt), "--images", ".", "--out", "x"])
-    assert result.exit_code == 1 and str(corrupt) in result.output
+    images, _, _ = _images_folder(tmp_path / "data", "baseline")
+    out = tmp_path / "preds"
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "-m", str(corrupt), "--images", str(images), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and err.startswith(f"error: {corrupt}: not a readable")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list(out.glob("*")) if out.exists() else True  # nothing written
 
 
 def test_unknown_model_name_says_how_to_list(tmp_path):
