@@ -105,7 +105,7 @@ def test_foreign_and_corrupt_files_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and err.startswith(f"error: {corrupt}: not a readable")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not list(out.glob("*")) if out.exists() else True  # nothing written
+    assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
 def test_unknown_model_name_says_how_to_list(tmp_path):
