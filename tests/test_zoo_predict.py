@@ -129,6 +129,7 @@ def test_fine_tune_a_published_model_then_load_and_predict(
         "data.crop=64",
         "data.batch_size=2",
         "data.workers=0",
+        "data.folds=2",
         "data.fold=null",
         "data.aug=none",
     ]
