@@ -250,3 +250,48 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     torch.save(ckpt, tmp_path / "partial.ckpt")
     with pytest.raises(GeoposeDataError, match="partial.ckpt.*do not fit"):
         load_checkpoint(tmp_path / "partial.ckpt")
+
+
+GPU_RECIPES = ["baseline", "bloodaxe_b6_rdtsc", "bloodaxe_b7", "kbrodt", "selim"]
+
+
+def test_gpu_recipes_start_from_imagenet_and_cpu_small_stays_offline():
+    for recipe in GPU_RECIPES:
+        assert load_recipe(recipe)["model"]["pretrained"] is True, recipe
+    assert not load_recipe("cpu_small")["model"].get("pretrained", False)
+
+
+def _refuse_pretrained(monkeypatch):
+    """timm.create_model that fails, as offline, whenever ImageNet weights are asked for."""
+    import timm
+
+    real = timm.create_model
+
+    def create(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' (offline)")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create)
+
+
+def test_offline_imagenet_weights_error_says_how_to_turn_them_off(monkeypatch):
+    _refuse_pretrained(monkeypatch)
+    with pytest.raises(ConfigError, match=r"model\.pretrained=false") as err:
+        create_model("baseline", encoder="resnet18")
+    assert "resnet18" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_loading_a_checkpoint_of_a_pretrained_recipe_never_fetches(tmp_path, monkeypatch):
+    config = load_recipe("baseline")
+    config["model"] = dict(config["model"], encoder="resnet18", decoder={"channels": [16, 16, 16]})
+    assert config["model"]["pretrained"] is True
+    model = create_model(config, pretrained=False).eval()
+    path = tmp_path / "pre.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": state}, path)
+    _refuse_pretrained(monkeypatch)
+    loaded, _ = load_checkpoint(path)  # would raise if it asked timm for the ImageNet weights
+    image, gsd, city = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, gsd, city).agl, loaded(image, gsd, city).agl)
