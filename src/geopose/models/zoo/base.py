@@ -20,6 +20,7 @@ files by content (:meth:`Family.matches`), builds the model from a file
 
 from __future__ import annotations
 
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -265,14 +266,48 @@ def normalise(image: torch.Tensor, mean, std) -> torch.Tensor:
     return (image - m) / s
 
 
+def ridge_scale(mag: torch.Tensor, height: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """Scale (px/m) B: per image ``Σ h·m / (Σ h² + eps)`` over B×1×H×W maps, in fp32: the
+    least-squares scale head of the baseline, the 1st and the 2nd place (eps 0.01)."""
+    h = height.flatten(1).float()
+    m = mag.flatten(1).float()
+    return (h * m).sum(1) / ((h * h).sum(1) + eps)
+
+
+def pooled_linear_head(in_channels: int, out: int) -> nn.Sequential:
+    """Global average pool, flatten, dropout 0.5, linear (keys ``3.weight``, ``3.bias``): the
+    image-level head of the baseline and the 4th place."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(0.5), nn.Linear(in_channels, out)
+    )
+
+
+def count_indices(state: Mapping[str, Any], pattern: str) -> int:
+    """Distinct values of ``pattern``'s first group over the keys (e.g. blocks of a stage)."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 
 class Family:
-    """A published model family: how to recognise, convert and rebuild its files."""
+    """A published model family: how to recognise, convert and rebuild its files.
+
+    A subclass sets ``name``, ``description`` and ``model`` (its :class:`PublishedModel`) and
+    implements :meth:`state_of`, :meth:`matches` and, when the file decides the architecture,
+    :meth:`config_of`; :meth:`from_container` and :meth:`build` are then the same for all.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    model: ClassVar[type[PublishedModel]]
+
+    @classmethod
+    def state_of(cls, container: Container) -> dict[str, torch.Tensor] | None:
+        """The weights in ``container`` keyed as the model's state dict (prefix removed), or
+        None when the file has no such place."""
+        raise NotImplementedError
 
     @classmethod
     def matches(cls, container: Container) -> bool:
@@ -280,14 +315,30 @@ class Family:
         raise NotImplementedError
 
     @classmethod
+    def config_of(cls, container: Container, state: dict[str, torch.Tensor]) -> dict:
+        """The architecture ``config`` the file describes (default: the family's default)."""
+        return {}
+
+    @classmethod
     def from_container(cls, container: Container) -> PublishedModel:
-        """Build the model the file describes and load its weights strictly."""
-        raise NotImplementedError
+        """Build the model the file describes and load its weights strictly (one-line
+        :class:`GeoposeDataError` naming the file otherwise)."""
+        state = cls.state_of(container)
+        if state is None:
+            raise GeoposeDataError(
+                container.path, f"no {cls.name} state dict: found {container.describe()}"
+            )
+        try:
+            model = cls.build(cls.config_of(container, state))
+        except ConfigError as exc:
+            raise GeoposeDataError(container.path, str(exc)) from exc
+        load_strict(model, state, container.path)
+        return model
 
     @classmethod
     def build(cls, config: dict) -> PublishedModel:
         """Rebuild the (untrained) model from its stored ``config``."""
-        raise NotImplementedError
+        return cls.model(config)
 
 
 FAMILIES: dict[str, type[Family]] = {}

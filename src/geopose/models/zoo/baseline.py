@@ -45,7 +45,6 @@ padding.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 import torch
@@ -61,16 +60,16 @@ from geopose.models.zoo.base import (
     Container,
     Family,
     PublishedModel,
-    load_strict,
+    count_indices,
     normalise,
+    pooled_linear_head,
     register_family,
+    ridge_scale,
     state_dict_at,
     strip_prefix,
 )
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
-SCALE_EPS = 0.01
-"""Added to ``<height, height>`` in the least-squares scale, as in the original ScaleHead."""
 RESNETS = {
     "resnet18": ((2, 2, 2, 2), False),
     "resnet34": ((3, 4, 6, 3), False),
@@ -81,20 +80,6 @@ RESNETS = {
 """smp ResNet encoders: blocks per stage and whether a block has ``conv3`` (bottleneck); the
 published baseline is resnet34, the others are the ``--backbone`` choices of the same code."""
 _HEAD_KEYS = ("xydir_head.3.weight", "height_head.0.weight", "mag_head.0.weight")
-
-
-def pooled_head(in_channels: int, out: int) -> nn.Sequential:
-    """Global average pool, flatten, dropout 0.5, linear (keys ``3.weight``, ``3.bias``)."""
-    return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(0.5), nn.Linear(in_channels, out)
-    )
-
-
-def lstsq_scale(height: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``<h, m> / (<h, h> + 0.01)`` over the whole map -> B (the original ScaleHead)."""
-    h = height.flatten(1)
-    m = mag.flatten(1)
-    return (h * m).sum(1) / ((h * h).sum(1) + SCALE_EPS)
 
 
 class BaselineModel(PublishedModel):
@@ -123,7 +108,7 @@ class BaselineModel(PublishedModel):
             attention_type=None,
             add_center_block=False,
         )
-        self.xydir_head = pooled_head(channels[-1], 2)
+        self.xydir_head = pooled_linear_head(channels[-1], 2)
         self.height_head = nn.Sequential(nn.Conv2d(DECODER_CHANNELS[-1], 1, 3, padding=1))
         self.mag_head = nn.Sequential(nn.Conv2d(DECODER_CHANNELS[-1], 1, 3, padding=1))
 
@@ -142,7 +127,7 @@ class BaselineModel(PublishedModel):
         xydir = self.xydir_head(features[-1])
         height = self.height_head(dec)
         mag = self.mag_head(dec)
-        return xydir, height, mag, lstsq_scale(height, mag)
+        return xydir, height, mag, ridge_scale(mag, height)
 
     def run(self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor) -> GeoposeOutput:
         xydir, height, mag, scale = self.raw(self.preprocess(image))
@@ -174,14 +159,9 @@ def resolve_config(config: dict) -> dict:
     return cfg
 
 
-def _count(state, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def identify_encoder(state: dict, path) -> str:
     """The smp ResNet whose blocks the ``encoder.*`` keys hold, else a GeoposeDataError."""
-    blocks = tuple(_count(state, rf"encoder\.layer{i}\.(\d+)\.") for i in range(1, 5))
+    blocks = tuple(count_indices(state, rf"encoder\.layer{i}\.(\d+)\.") for i in range(1, 5))
     bottleneck = "encoder.layer1.0.conv3.weight" in state
     for name, spec in RESNETS.items():
         if spec == (blocks, bottleneck):
@@ -193,15 +173,6 @@ def identify_encoder(state: dict, path) -> str:
     )
 
 
-def _state(container: Container) -> dict | None:
-    state = state_dict_at(container.obj)
-    if state is None:
-        return None
-    if all(k.startswith("module.") for k in state):
-        state = strip_prefix(state, "module.")
-    return state
-
-
 @register_family
 class BaselineFamily(Family):
     """pubgeo's baseline ``model_best.pth``: a bare state dict with xydir/height/mag heads."""
@@ -210,23 +181,20 @@ class BaselineFamily(Family):
     description: ClassVar[str] = (
         "official baseline (pubgeo UnetVFLOW, smp U-Net resnet34, half resolution)"
     )
+    model = BaselineModel
+
+    @classmethod
+    def state_of(cls, container: Container) -> dict | None:
+        state = state_dict_at(container.obj) if container.kind == "pickle" else None
+        if state is not None and all(k.startswith("module.") for k in state):
+            state = strip_prefix(state, "module.")
+        return state
 
     @classmethod
     def matches(cls, container: Container) -> bool:
-        if container.kind != "pickle":
-            return False
-        state = _state(container)
+        state = cls.state_of(container)
         return state is not None and all(k in state for k in _HEAD_KEYS)
 
     @classmethod
-    def from_container(cls, container: Container) -> BaselineModel:
-        state = _state(container)
-        if state is None:
-            raise GeoposeDataError(container.path, "no state dict of the baseline layout")
-        model = cls.build({"encoder": identify_encoder(state, container.path)})
-        load_strict(model, state, container.path)
-        return model
-
-    @classmethod
-    def build(cls, config: dict) -> BaselineModel:
-        return BaselineModel(config)
+    def config_of(cls, container: Container, state: dict) -> dict:
+        return {"encoder": identify_encoder(state, container.path)}

@@ -49,15 +49,15 @@ import timm
 import torch
 from torch import nn
 
-from geopose.errors import ConfigError, GeoposeDataError
+from geopose.errors import ConfigError
 from geopose.models.heads import unit
 from geopose.models.model import GeoposeOutput
 from geopose.models.zoo.base import (
     Container,
     Family,
     PublishedModel,
-    load_strict,
     register_family,
+    ridge_scale,
     state_dict_at,
     strip_prefix,
 )
@@ -79,20 +79,10 @@ ENCODERS: dict[str, dict] = {
 """Encoders the authors configured: the timm 1.x name, the decoder widths (shallowest first)
 and the width of the full-resolution stage."""
 
-SCALE_EPS = 0.01
-"""Added to ``Σ h²`` (m²) in the authors' scale fit."""
-
 
 def preprocess(image: torch.Tensor) -> torch.Tensor:
     """RGB in [0, 1] B×3×H×W -> the network's input, RGB in [-1, 1] (``(x/255 - 0.5) * 2``)."""
     return (image - 0.5) * 2.0
-
-
-def fit_scale(mag: torch.Tensor, height: torch.Tensor, eps: float = SCALE_EPS) -> torch.Tensor:
-    """Scale (px/m) B: ``Σ h·m / (Σ h² + eps)`` over each image's B×1×H×W maps, in fp32."""
-    h = height.flatten(1).float()
-    m = mag.flatten(1).float()
-    return (h * m).sum(dim=1) / ((h * h).sum(dim=1) + eps)
 
 
 class UpConv(nn.Sequential):
@@ -199,7 +189,7 @@ class FirstPlaceModel(PublishedModel):
             "xydir": self.xydir_head(feats[-1]),
             "height": height,
             "mag": mag,
-            "scale": fit_scale(mag, height),
+            "scale": ridge_scale(mag, height),
         }
 
     def run(self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor) -> GeoposeOutput:
@@ -223,32 +213,20 @@ class FirstFamily(Family):
     description: ClassVar[str] = (
         "1st place (selim): TimmUnet on tf_efficientnetv2_l_in21k, RGB in [-1, 1]"
     )
+    model = FirstPlaceModel
 
     @classmethod
-    def _state(cls, container: Container) -> dict[str, torch.Tensor] | None:
-        if container.kind != "pickle":
+    def state_of(cls, container: Container) -> dict[str, torch.Tensor] | None:
+        state = state_dict_at(container.obj, "state_dict") if container.kind == "pickle" else None
+        if state is None or not all(k.startswith(PREFIX) for k in state):
             return None
-        return state_dict_at(container.obj, "state_dict")
+        return strip_prefix(state, PREFIX)
 
     @classmethod
     def matches(cls, container: Container) -> bool:
-        state = cls._state(container)
-        if state is None or not all(k.startswith(PREFIX) for k in state):
-            return False
-        keys = [k[len(PREFIX) :] for k in state]
-        return all(any(k.startswith(s) for k in keys) for s in _SIGNATURE)
+        state = cls.state_of(container)
+        return state is not None and all(any(k.startswith(s) for k in state) for s in _SIGNATURE)
 
     @classmethod
-    def from_container(cls, container: Container) -> PublishedModel:
-        state = cls._state(container)
-        if state is None:
-            raise GeoposeDataError(
-                container.path, f"no 1st place state dict: found {container.describe()}"
-            )
-        model = cls.build({"encoder": DEFAULT_ENCODER})
-        load_strict(model, strip_prefix(state, PREFIX), container.path)
-        return model
-
-    @classmethod
-    def build(cls, config: dict) -> PublishedModel:
-        return FirstPlaceModel(config)
+    def config_of(cls, container: Container, state: dict) -> dict:
+        return {"encoder": DEFAULT_ENCODER}

@@ -58,7 +58,6 @@ fill the map's own height and width.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 import torch
@@ -75,8 +74,9 @@ from geopose.models.zoo.base import (
     Container,
     Family,
     PublishedModel,
-    load_strict,
+    count_indices,
     normalise,
+    pooled_linear_head,
     register_family,
     state_dict_at,
     strip_prefix,
@@ -137,13 +137,6 @@ def pad_as_published(encoder: nn.Module) -> None:
             module.static_padding = nn.Identity()
 
 
-def pooled_head(in_channels: int, out: int) -> nn.Sequential:
-    """Global average pool, flatten, dropout 0.5, linear (keys ``3.weight``, ``3.bias``)."""
-    return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(0.5), nn.Linear(in_channels, out)
-    )
-
-
 def city_onehot(city: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """City index B (0..3, no -1) -> one-hot B×4 in :data:`CITY_ORDER`."""
     return F.one_hot(city.long(), len(CITY_ORDER)).to(dtype)
@@ -182,7 +175,7 @@ class FourthModel(PublishedModel):
             add_center_block=False,
         )
         self.height_head = nn.Conv2d(DECODER_CHANNELS[-1], 1, 3, padding=1)
-        self.scale_xydir_head = pooled_head(channels[-1], 3)
+        self.scale_xydir_head = pooled_linear_head(channels[-1], 3)
         limits = [MAX_AGL_CITY.get(c, MAX_AGL) for c in CITY_ORDER] + [MAX_AGL]
         self.register_buffer("agl_max", torch.tensor(limits), persistent=False)
 
@@ -264,22 +257,17 @@ def resolve_config(config: dict) -> dict:
     return cfg
 
 
-def _count(state, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def identify_encoder(state: dict, path) -> str:
     """The smp encoder the ``encoder.*`` keys belong to (senet154 or an EfficientNet)."""
     if "encoder.layer0.conv1.weight" in state:
-        blocks = tuple(_count(state, rf"encoder\.layer{i}\.(\d+)\.") for i in range(1, 5))
+        blocks = tuple(count_indices(state, rf"encoder\.layer{i}\.(\d+)\.") for i in range(1, 5))
         stem = tuple(state["encoder.layer0.conv1.weight"].shape)
         if blocks == SENET154_BLOCKS and stem == (64, 3, 3, 3):
             return "senet154"
         problem = f"an SE-Net encoder other than senet154 (blocks {blocks}, stem {stem})"
     elif "encoder._conv_stem.weight" in state:
         stem = int(state["encoder._conv_stem.weight"].shape[0])
-        n = _count(state, r"encoder\._blocks\.(\d+)\.")
+        n = count_indices(state, r"encoder\._blocks\.(\d+)\.")
         name = EFFICIENTNETS.get((stem, n))
         if (stem, n) == (32, 23):
             last = state.get(f"encoder._blocks.{n - 1}._project_conv.weight")
@@ -292,15 +280,6 @@ def identify_encoder(state: dict, path) -> str:
     raise GeoposeDataError(path, f"4th place layout, but {problem}")
 
 
-def _state(container: Container) -> dict | None:
-    state = state_dict_at(container.obj) if container.kind == "pickle" else container.obj
-    if not state:
-        return None
-    if all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = strip_prefix(state, "module.")
-    return dict(state)
-
-
 @register_family
 class FourthFamily(Family):
     """kbrodt's TorchScript archives: ``module.`` + smp U-Net keys, ``scale_xydir_head`` and a
@@ -311,21 +290,22 @@ class FourthFamily(Family):
         "4th place (kbrodt, smp U-Net senet154 / efficientnet-b6 / -b7, city and GSD in the "
         "bottleneck)"
     )
+    model = FourthModel
+
+    @classmethod
+    def state_of(cls, container: Container) -> dict | None:
+        state = state_dict_at(container.obj) if container.kind == "pickle" else container.obj
+        if not state:
+            return None
+        if all(isinstance(k, str) and k.startswith("module.") for k in state):
+            state = strip_prefix(state, "module.")
+        return dict(state)
 
     @classmethod
     def matches(cls, container: Container) -> bool:
-        state = _state(container)
+        state = cls.state_of(container)
         return state is not None and all(k in state for k in _HEAD_KEYS)
 
     @classmethod
-    def from_container(cls, container: Container) -> FourthModel:
-        state = _state(container)
-        if state is None:
-            raise GeoposeDataError(container.path, "no state dict of the 4th place layout")
-        model = cls.build({"encoder": identify_encoder(state, container.path)})
-        load_strict(model, state, container.path)
-        return model
-
-    @classmethod
-    def build(cls, config: dict) -> FourthModel:
-        return FourthModel(config)
+    def config_of(cls, container: Container, state: dict) -> dict:
+        return {"encoder": identify_encoder(state, container.path)}

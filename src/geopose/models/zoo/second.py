@@ -83,9 +83,9 @@ from geopose.models.zoo.base import (
     Container,
     Family,
     PublishedModel,
-    load_strict,
     normalise,
     register_family,
+    ridge_scale,
     state_dict_at,
 )
 
@@ -463,13 +463,6 @@ def _gsd_plane(gsd: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return gsd.reshape(-1, 1, 1, 1).to(x.dtype).expand(-1, 1, x.shape[2], x.shape[3])
 
 
-def lstsq_scale(mag: torch.Tensor, agl: torch.Tensor) -> torch.Tensor:
-    """Per-image least-squares ``mag ≈ scale · agl`` with a 0.01 ridge -> B×1 (px/m), fp32."""
-    m = mag.flatten(1).float()
-    h = agl.flatten(1).float()
-    return ((h / ((h * h).sum(1, keepdim=True) + 0.01)) * m).sum(1, keepdim=True)
-
-
 class _RegressionHead(nn.Module):
     """1×1 conv + residual deconvolution (×2), conv-act, [GSD channel], conv-act, conv-ReLU."""
 
@@ -505,7 +498,7 @@ class SimpleAGLHead(nn.Module):
         x = self.dropout(dec[0])
         height = self.height(x, gsd)
         mag = self.magnitude(x)
-        scale = lstsq_scale(mag, height)
+        scale = ridge_scale(mag, height)[:, None]
         if height.shape[-2:] != tuple(size):
             height = F.interpolate(height, size=size, mode="bilinear", align_corners=True)
             mag = F.interpolate(mag, size=size, mode="bilinear", align_corners=True)
@@ -573,7 +566,7 @@ class AGLHead(nn.Module):
         x = self.upsample(dec[0])
         height = self.height(torch.cat([x, _gsd_plane(gsd, x)], dim=1))
         mag = self.magnitude(x)
-        scale = lstsq_scale(mag, height)
+        scale = ridge_scale(mag, height)[:, None]
         return {OUTPUT_AGL_MASK: height, OUTPUT_MAGNITUDE_MASK: mag, OUTPUT_VFLOW_SCALE: scale}
 
 
@@ -683,33 +676,35 @@ def _model_section(obj: Any) -> Any:
 
 @register_family
 class SecondPlace(Family):
+    """bloodaxe's Catalyst checkpoints: ``model_state_dict`` and the hydra config whose
+    ``checkpoint_data.config.model`` gives the architecture."""
+
     name: ClassVar[str] = "second"
     description: ClassVar[str] = (
         "2nd place (bloodaxe): GeoposeUNetModel on EfficientNet-B6/B7, Catalyst checkpoints "
         "(b7_unet, b7_rdtsc_unet, b6_rdtsc_unet)"
     )
+    model = SecondPlaceUNet
+
+    @classmethod
+    def state_of(cls, container: Container) -> dict[str, torch.Tensor] | None:
+        if container.kind != "pickle":
+            return None
+        return state_dict_at(container.obj, "model_state_dict")
 
     @classmethod
     def matches(cls, container: Container) -> bool:
         if container.kind != "pickle" or not isinstance(container.obj, Mapping):
             return False
         return isinstance(_model_section(container.obj), Mapping) and (
-            state_dict_at(container.obj, "model_state_dict") is not None
+            cls.state_of(container) is not None
         )
 
     @classmethod
-    def from_container(cls, container: Container) -> PublishedModel:
-        section = _model_section(container.obj)
+    def config_of(cls, container: Container, state: dict) -> dict:
+        section = _plain(_model_section(container.obj))
         try:
-            model = SecondPlaceUNet({"model": _plain(section)})
+            parse_spec(section)
         except ConfigError as exc:
             raise GeoposeDataError(container.path, f"checkpoint_data.config: {exc}") from exc
-        state = state_dict_at(container.obj, "model_state_dict")
-        if state is None:
-            raise GeoposeDataError(container.path, "model_state_dict is not a dict of tensors")
-        load_strict(model, state, container.path)
-        return model
-
-    @classmethod
-    def build(cls, config: dict) -> PublishedModel:
-        return SecondPlaceUNet(config)
+        return {"model": section}
