@@ -56,6 +56,7 @@ from geopose.models.zoo.base import (
     Container,
     Family,
     PublishedModel,
+    pooled_linear_head,
     register_family,
     ridge_scale,
     state_dict_at,
@@ -126,13 +127,6 @@ def dense_head(in_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, 1, 3, padding=1), nn.Identity(), nn.Identity())
 
 
-def pooled_direction_head(in_channels: int) -> nn.Sequential:
-    """Global average pool, dropout 0.5, linear -> B×2 ``(sin a, cos a)`` (not normalised)."""
-    return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p=0.5), nn.Linear(in_channels, 2)
-    )
-
-
 class FirstPlaceModel(PublishedModel):
     """The 1st place ``TimmUnet``: its state-dict keys are the published ones less ``module.``.
 
@@ -168,7 +162,7 @@ class FirstPlaceModel(PublishedModel):
             DecoderStage(cin, w) for cin, w in zip(ins, widths, strict=True)
         )
         self.last_upsample = DecoderStage(widths[0], last, convs=2)
-        self.xydir_head = pooled_direction_head(skips[-1])
+        self.xydir_head = pooled_linear_head(skips[-1], 2)
         self.height_head = dense_head(last)
         self.mag_head = dense_head(last)
         self.encoder = encoder
