@@ -276,7 +276,7 @@ def ridge_scale(mag: torch.Tensor, height: torch.Tensor, eps: float = 0.01) -> t
 
 def pooled_linear_head(in_channels: int, out: int) -> nn.Sequential:
     """Global average pool, flatten, dropout 0.5, linear (keys ``3.weight``, ``3.bias``): the
-    image-level head of the baseline and the 4th place."""
+    image-level head of the baseline, the 1st and the 4th place."""
     return nn.Sequential(
         nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(0.5), nn.Linear(in_channels, out)
     )
