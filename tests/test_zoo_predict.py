@@ -143,3 +143,30 @@ def test_fine_tune_a_published_model_then_load_and_predict(
     # lr 0: the weights are the published ones (batch-norm statistics may move in train mode).
     same = [torch.equal(p, q) for p, q in zip(model.parameters(), tuned.parameters(), strict=True)]
     assert all(same) and a.agl.shape == b.agl.shape
+
+
+def test_published_ensembles_expand_to_weighted_members_with_the_authors_tta():
+    from geopose.models import expand_specs
+    from geopose.models.zoo import catalog
+
+    members, tta = expand_specs([("second-lite", 1.0), ("my.ckpt", 2.0)])
+    lite = catalog.ENSEMBLES["second-lite"]
+    assert tta == lite.tta == "d4"
+    assert members[:-1] == [(name, w) for name, w in lite.members] and members[-1] == (
+        "my.ckpt",
+        2.0,
+    )
+    assert sum(w for _, w in members[:-1]) == pytest.approx(1.0)
+    assert expand_specs([("first-v2l-fold5", 1.0)]) == ([("first-v2l-fold5", 1.0)], None)
+
+
+def test_predict_with_an_ensemble_not_downloaded_says_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GEOPOSE_CACHE", str(tmp_path / "cache"))
+    images, _, _ = _images_folder(tmp_path / "data", "baseline")
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["predict", "--model", "fourth", "--images", str(images), "--out", str(tmp_path / "p")]
+        )
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "geopose models download fourth-" in err
+    assert not (tmp_path / "p").exists()
