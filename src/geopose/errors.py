@@ -1,4 +1,5 @@
-"""The exceptions geopose raises on purpose. The CLI prints them as one line and exits 1."""
+"""The exceptions geopose raises on purpose. The CLI prints them as one line and exits with the
+error's ``exit_code`` (1; 2 for an output that cannot be written)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 class GeoposeError(Exception):
     """Base class of every error geopose raises deliberately."""
+
+    exit_code: int = 1
+    """The CLI's exit status for this error."""
 
 
 class GeoposeDataError(GeoposeError):
@@ -28,3 +32,15 @@ class OutputExistsError(GeoposeError):
 
 class ConfigError(GeoposeError):
     """An unknown configuration key or a bad value."""
+
+
+class OutputPathError(GeoposeError):
+    """An output path that cannot be created or written (a file where a folder must be, no
+    permission, a read-only disk): nothing was written. The CLI exits with code 2."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")

@@ -43,12 +43,13 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a :class:`GeoposeError` becomes one ``error:`` line and exit code 1."""
+    """Run the CLI; a :class:`GeoposeError` becomes one ``error:`` line and its exit code (1,
+    or 2 for an output that cannot be written)."""
     try:
         app(args=argv, prog_name="geopose")
     except GeoposeError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
