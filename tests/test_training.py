@@ -264,6 +264,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(data_dir, tmp_path):
 
 
 def test_init_from_loads_the_weights(data_dir, tmp_path):
+    from geopose.models import load_model
     from geopose.training.run import _init_weights
     from geopose.training.task import GeoposeTask
 
@@ -271,12 +272,13 @@ def test_init_from_loads_the_weights(data_dir, tmp_path):
     train(cfg, tmp_path / "a")
     last = tmp_path / "a/checkpoints/last.ckpt"
     task = GeoposeTask(cfg)
-    _init_weights(task, str(last))
+    model, _ = load_model(last)
+    _init_weights(task, model, str(last))
     for k, v in _weights(last).items():
         torch.testing.assert_close(task.state_dict()[k], v)
     other = GeoposeTask(resolve_config("cpu_small", ["model.decoder.channels=[64,32,16,8]"]))
     with pytest.raises(GeoposeDataError, match="do not fit"):
-        _init_weights(other, str(last))
+        _init_weights(other, model, str(last))
 
 
 def test_two_process_gloo_ddp_agrees_on_weights(data_dir, tmp_path):
