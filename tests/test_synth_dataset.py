@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from geopose.cli.main import main
-from geopose.errors import GeoposeDataError, OutputExistsError
+from geopose.errors import OutputExistsError, OutputPathError
 from geopose.io import load_index, read_agl, read_rgb, read_vflow
 from geopose.synth import TruthOptions, make_scene, render, render_image, write_dataset
 from geopose.synth.dataset import _streams, degrade_truth
@@ -91,7 +91,7 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
     with pytest.raises(OutputExistsError):
         write_dataset(out, 1, 0, 32, seed=1)
     assert _files(out) == before
-    with pytest.raises(GeoposeDataError, match="not a folder"):
+    with pytest.raises(OutputPathError, match="not a folder"):  # CLI exit code 2
         write_dataset(out / "metadata.csv", 1, 0, 32, seed=1, overwrite=True)
     write_dataset(out, 1, 1, 32, seed=1, overwrite=True)
     names = sorted(p.name for p in (out / "train").iterdir())

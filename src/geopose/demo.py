@@ -192,6 +192,9 @@ MARKER = ".geopose-demo"
 def claim_folder(out: Path) -> None:
     """Make ``out`` a demo folder, refusing a non-empty folder the demo did not make (the demo
     replaces its own half-written outputs and must never touch anybody else's files)."""
+    from geopose.io import check_output_dir
+
+    check_output_dir(out)  # OutputPathError (exit 2) when the folder cannot be written
     if out.exists() and not out.is_dir():
         raise GeoposeDataError(out, "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():

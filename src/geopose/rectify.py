@@ -15,7 +15,8 @@ keys, no loop over pixels (``benchmarks/bench_rectify.py``: about 0.2 s for 2048
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from geopose.errors import GeoposeDataError
 from geopose.io import (
     Georef,
     atomic_path,
+    check_output_dir,
+    ensure_output_dir,
     read_agl,
     read_georef,
     read_rgb,
@@ -251,6 +254,7 @@ def rectify_files(
     """
     from geopose.io import split_name
 
+    check_output_dir(out_dir)
     ref_path = Path(rgb_path) if rgb_path is not None else Path(agl_path)
     if stem is None:
         parsed = split_name(ref_path)
@@ -266,3 +270,72 @@ def rectify_files(
     angle, scale = read_vflow(vflow_path)
     rect = rectify(rgb, agl, angle, scale, fill_holes=fill_holes)
     return write_rectified(out_dir, stem, rect, read_georef(ref_path), overwrite=overwrite)
+
+
+@dataclass
+class FolderSummary:
+    """What :func:`rectify_folder` did: stems written, skipped (outputs there) and failed
+    (``(stem, reason)``: an input could not be read; nothing written for it)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rectify_folder(
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    images_dir: str | Path | None = None,
+    overwrite: bool = False,
+    fill_holes: bool = True,
+    on_done: Callable[[str, str], None] | None = None,
+) -> FolderSummary:
+    """Rectify every complete prediction (``{stem}_AGL.tif`` + ``_VFLOW.json``) of ``pred_dir``
+    with its ``{stem}_RGB.*`` from ``images_dir`` (optional) into ``out_dir``.
+
+    An image whose outputs all exist is skipped unless ``overwrite`` (an interrupted run
+    resumes; partial outputs are redone). An image whose input cannot be read
+    (:class:`GeoposeDataError`) goes to ``failed`` and the others go on; any other error
+    stops the run. ``on_done(stem, status)`` follows each image (``written``, ``skipped``,
+    ``failed``).
+    """
+    from geopose.io import agl_name, find_rgb, prediction_stems, vflow_name
+
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    check_output_dir(out_dir)
+    stems = prediction_stems(pred_dir)
+    if not stems:
+        raise GeoposeDataError(
+            pred_dir, "no complete prediction ({stem}_AGL.tif + {stem}_VFLOW.json)"
+        )
+    ensure_output_dir(out_dir)
+    summary = FolderSummary()
+    for stem in stems:
+        try:
+            rgb = find_rgb(images_dir, stem) if images_dir is not None else None
+            ref = rgb if rgb is not None else pred_dir / agl_name(stem)
+            paths = output_paths(out_dir, stem, read_georef(ref) is not None)
+            if rgb is None:
+                del paths["rgb"]
+            if not overwrite and all(p.is_file() for p in paths.values()):
+                summary.skipped.append(stem)
+                status = "skipped"
+            else:
+                # Without overwrite, existing outputs here are a partial set (an interrupted run).
+                rectify_files(
+                    rgb,
+                    pred_dir / agl_name(stem),
+                    pred_dir / vflow_name(stem),
+                    out_dir,
+                    stem=stem,
+                    overwrite=True,
+                    fill_holes=fill_holes,
+                )
+                summary.written.append(stem)
+                status = "written"
+        except GeoposeDataError as exc:
+            summary.failed.append((stem, str(exc)))
+            status = "failed"
+        if on_done is not None:
+            on_done(stem, status)
+    return summary

@@ -64,11 +64,13 @@ def evaluate(
 ) -> None:
     """Score predictions against truth with the exact competition formula (per city + final)."""
     from geopose.errors import OutputExistsError
-    from geopose.io.atomic import write_text_atomic
+    from geopose.io.atomic import check_output_file, write_text_atomic
     from geopose.metrics.evaluate import missing_message, pair_folders, score_pairs
 
-    if json_path is not None and json_path.exists() and not overwrite:
-        raise OutputExistsError(json_path)
+    if json_path is not None:
+        check_output_file(json_path)
+        if json_path.exists() and not overwrite:
+            raise OutputExistsError(json_path)
     pairing = pair_folders(pred_dir, truth_dir)
     for stem, names in sorted(pairing.missing.items()):
         err_console.print(f"missing prediction: {stem} (no {' / '.join(names)})", highlight=False)

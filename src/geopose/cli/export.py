@@ -32,6 +32,7 @@ def export(
     m/px, city B int64; outputs agl m, mag px, direction (sin, cos), scale px/m). A published
     model carries its own input contract (channel order, normalisation, resolution) inside."""
     from geopose.errors import GeoposeDataError, OutputExistsError
+    from geopose.io import check_output_file
     from geopose.models import load_model
     from geopose.models.export import export_onnx, onnx_parity
 
@@ -41,6 +42,7 @@ def export(
         spec, out = args[0], Path(args[1])
     else:
         fail("give MODEL OUT.onnx, or --model MODEL OUT.onnx")
+    check_output_file(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     net, _ = load_model(spec)

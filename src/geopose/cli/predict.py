@@ -76,6 +76,7 @@ def predict(
     Per image: {stem}_AGL.tif (uint16 cm) and {stem}_VFLOW.json; a georeferenced GeoTIFF input
     gets float32-metre _AGL.tif and 2-band _FLOW.tif GeoTIFFs with its CRS and transform, plus
     the json. Re-runs skip finished images; under torchrun each rank predicts its own shard.
+    Unreadable images (or without a GSD) are listed at the end and make the exit status 1.
     """
     import torch
     from rich.progress import (
@@ -144,13 +145,29 @@ def predict(
             f" ({len(r.redone)} incomplete redone), {per:.2f} s/image",
             highlight=False,
         )
+    failed = report.failed
     console.print(
         f"{report.n_images} image(s): {len(report.written)} predicted, {len(report.skipped)} "
-        f"already done; {len(members)} model(s), TTA {tta}, {report.device} -> "
-        f"{escape(str(out))}",
+        f"already done" + (f", {len(failed)} failed" if failed else "") + f"; {len(members)} "
+        f"model(s), TTA {tta}, {report.device} -> {escape(str(out))}",
         highlight=False,
         soft_wrap=True,
     )
+    if failed:
+        for _stem, reason in failed:
+            line = " ".join(reason.split())
+            err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if report.tar is not None:
+            err_console.print(
+                f"{escape(str(report.tar))} not packed: the submission would miss "
+                f"{len(failed)} image(s)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        fail(
+            f"{len(failed)} image(s) could not be predicted (listed above); fix them and run "
+            "again: finished images are skipped"
+        )
     if report.tar is not None:
         for p in report.problems:
             console.print(f"[red]✗[/] {escape(p)}", highlight=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, fail
+from geopose.cli.app import app, console, err_console, fail
 
 
 def _one(
@@ -22,36 +22,37 @@ def _one(
 
 
 def _folder(images: Path | None, pred: Path, out: Path, overwrite: bool, fill: bool) -> None:
+    from rich.markup import escape
     from rich.progress import Progress
 
-    from geopose.errors import OutputExistsError
-    from geopose.io import agl_name, find_rgb, prediction_stems, read_georef, vflow_name
-    from geopose.rectify import output_paths, rectify_files
+    from geopose.io import prediction_stems
+    from geopose.rectify import rectify_folder
 
-    stems = prediction_stems(pred)
-    if not stems:
-        fail(f"{pred}: no complete prediction ({{stem}}_AGL.tif + {{stem}}_VFLOW.json)")
-    rgbs = {s: find_rgb(images, s) if images is not None else None for s in stems}
-    if not overwrite:
-        for s in stems:
-            ref = rgbs[s] if rgbs[s] is not None else pred / agl_name(s)
-            for p in output_paths(out, s, read_georef(ref) is not None).values():
-                if p.exists():
-                    raise OutputExistsError(p)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("rectifying", total=len(stems))
-        for s in stems:
-            rectify_files(
-                rgbs[s],
-                pred / agl_name(s),
-                pred / vflow_name(s),
-                out,
-                stem=s,
-                overwrite=overwrite,
-                fill_holes=fill,
-            )
-            bar.advance(task)
-    console.print(f"rectified {len(stems)} image(s) into {out}", highlight=False)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("rectifying", total=len(prediction_stems(pred)) if pred.is_dir() else 0)
+        summary = rectify_folder(
+            pred,
+            out,
+            images,
+            overwrite=overwrite,
+            fill_holes=fill,
+            on_done=lambda stem, status: bar.advance(task),
+        )
+    done = f", {len(summary.skipped)} already done" if summary.skipped else ""
+    console.print(
+        f"rectified {len(summary.written)} image(s) into {escape(str(out))}{done}"
+        + (f", {len(summary.failed)} failed" if summary.failed else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if summary.failed:
+        for _stem, reason in summary.failed:
+            line = escape(" ".join(reason.split()))
+            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        fail(
+            f"{len(summary.failed)} image(s) could not be rectified (listed above); fix them and "
+            "run again: finished images are skipped"
+        )
 
 
 @app.command("rectify")

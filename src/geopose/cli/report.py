@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from geopose.cli.app import app, console
+from geopose.cli.app import app, console, err_console, fail
 
 
 @app.command()
@@ -23,7 +24,8 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
 ) -> None:
     """Write one HTML page (embedded PNGs, inline CSS): the score table, per-city bars, the
-    worst and best images with their figures, and a table of every image."""
+    worst and best images with their figures, and a table of every image. Unreadable files are
+    left out, listed on the page and at the end, and make the exit status 1."""
     from rich.progress import track
 
     from geopose.viz.report import write_report
@@ -31,7 +33,20 @@ def report(
     def progress(items):
         return track(items, description="reading", console=console, transient=True)
 
+    failed: list[tuple[str, str]] = []
     path = write_report(
-        out, pred_dir, truth, images, n_show=n_show, overwrite=overwrite, progress=progress
+        out,
+        pred_dir,
+        truth,
+        images,
+        n_show=n_show,
+        overwrite=overwrite,
+        progress=progress,
+        failed=failed,
     )
-    console.print(f"report: {path}", highlight=False)
+    console.print(f"report: {escape(str(path))}", highlight=False, soft_wrap=True)
+    if failed:
+        for _stem, reason in failed:
+            line = escape(" ".join(reason.split()))
+            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        fail(f"{len(failed)} file(s) could not be read (listed above and in the report)")

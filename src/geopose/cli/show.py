@@ -125,8 +125,10 @@ def show(
     if not jobs and scores is None and log is None:
         fail("nothing to show: give an image (RGB --agl --vflow), --pred, --scores or --log")
     from geopose.errors import OutputExistsError
+    from geopose.io import check_output_dir
     from geopose.viz import save_figure, score_bars, training_curves
 
+    check_output_dir(out)
     extra = {"scores.png": scores, "training.png": log}
     for name, src in extra.items():
         if src is not None and not overwrite and (out / name).exists():

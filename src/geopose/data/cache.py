@@ -84,8 +84,11 @@ def convert_image(row: dict, out: str | Path, downsample: int) -> dict:
             raise GeoposeDataError(row["agl"], f"AGL is {agl.shape}, the RGB {rgb.shape[:2]}")
         rgb = downsample_rgb(rgb, downsample)
         if agl is not None:
-            agl = downsample_agl(agl, downsample)
-            _save_npy(agl_path, agl_m_to_cm(agl))
+            from geopose.io import agl_cm_to_m
+
+            cm = agl_m_to_cm(downsample_agl(agl, downsample))
+            agl = agl_cm_to_m(cm)  # what the cache holds, as a resumed run reads it back
+            _save_npy(agl_path, cm)
         _save_npy(rgb_path, rgb)
     angle, scale = math.nan, math.nan
     if isinstance(row.get("vflow"), str):
@@ -147,17 +150,27 @@ def prepare_cache(
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from geopose.io import load_index, write_text_atomic
+    from geopose.io import (
+        check_output_dir,
+        ensure_output_dir,
+        load_index,
+        remove_stale_temps,
+        write_text_atomic,
+    )
 
     data, out = Path(data).resolve(), Path(out)
+    check_output_dir(out)
     if downsample < 1:
         raise GeoposeDataError(None, f"--downsample must be >= 1, got {downsample}")
     index = load_index(data, split)
     meta = {"format": FORMAT, "downsample": int(downsample), "source": str(data), "split": split}
+    for sub in ("", "train", "test"):  # temporary files of a run that was killed
+        remove_stale_temps(out / sub)
     _check_out(out, meta, overwrite)
+    ensure_output_dir(out)
+    write_text_atomic(out / MARKER, json.dumps(meta, indent=1))  # first: resumable from here
     for sub in ("train", "test"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / MARKER, json.dumps(meta, indent=1))
+        ensure_output_dir(out / sub)
     rows = index.to_dict("records")
     results: list[dict] = []
     if workers <= 1:

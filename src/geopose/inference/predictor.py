@@ -37,6 +37,7 @@ from geopose.io import (
     Georef,
     agl_name,
     city_of,
+    ensure_output_dir,
     read_agl,
     read_georef,
     read_metadata,
@@ -149,12 +150,16 @@ def image_georef(path: Path) -> Georef | None:
 
 
 def resolve_jobs(
-    images_dir: str | Path, gsd: float | None = None, city: str | int | None = None
+    images_dir: str | Path,
+    gsd: float | None = None,
+    city: str | int | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[ImageJob]:
     """Every image of ``images_dir`` with its GSD and city (see the module doc), sorted by stem.
 
-    Raises :class:`GeoposeDataError` naming the first image without a GSD, or a folder
-    without images.
+    Raises :class:`GeoposeDataError` for a folder without images, two images with one output
+    name, and (when ``failed`` is None) the first image without a GSD; given a list
+    ``failed``, images without a GSD are appended to it as ``(stem, reason)`` and left out.
     """
     images_dir = Path(images_dir)
     paths = find_images(images_dir)
@@ -174,11 +179,15 @@ def resolve_jobs(
             continue
         g = (georef_gsd(georef) if georef is not None else None) or gsd
         if g is None or not g > 0:
-            raise GeoposeDataError(
+            exc = GeoposeDataError(
                 path,
                 "no GSD: not in metadata.csv (images folder or its parent), not a GeoTIFF with a "
                 "pixel size in metres; pass --gsd M_PER_PX",
             )
+            if failed is None:
+                raise exc
+            failed.append((stem, str(exc)))
+            continue
         c = city_index(city) if city is not None else -1
         if c < 0 and georef is None:
             c = city_index(city_of(stem))
@@ -350,12 +359,24 @@ class Predictor:
 
 @dataclass
 class RunSummary:
-    """What a run did: stems written, skipped (valid outputs there) and redone (invalid ones)."""
+    """What a run did: stems written, skipped (valid outputs there), redone (invalid ones), and
+    failed: ``(stem, reason)`` of the images that could not be read (nothing written for them;
+    a re-run tries them again)."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     redone: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _read_job_image(job: ImageJob, summary: RunSummary) -> np.ndarray | None:
+    """The job's RGB, or None (recorded in ``summary.failed``) when it cannot be read."""
+    try:
+        return read_rgb(job.path)
+    except GeoposeDataError as exc:
+        summary.failed.append((job.stem, str(exc)))
+        return None
 
 
 def predict_jobs(
@@ -369,23 +390,30 @@ def predict_jobs(
 
     ``predictor`` may be a zero-argument factory, called only if some job needs predicting (so
     a finished folder loads no model). Invalid (partial, corrupt) outputs are replaced.
-    ``on_done(job, status)`` follows each job (status ``written`` or ``skipped``).
+    An image that cannot be read (:class:`GeoposeDataError` from reading it) goes to
+    ``summary.failed`` and the run goes on; any other error stops it.
+    ``on_done(job, status)`` follows each job (status ``written``, ``skipped`` or ``failed``).
     """
     import time
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made = False  # the folder is made (and cleared of killed runs' temporary files) when needed
     summary = RunSummary()
     t0 = time.perf_counter()
     for job in jobs:
         if not overwrite and outputs_valid(job, out_dir):
             summary.skipped.append(job.stem)
             status = "skipped"
+        elif (rgb := _read_job_image(job, summary)) is None:
+            status = "failed"
         else:
             if not isinstance(predictor, Predictor):
                 predictor = predictor()
             stale = any(p.exists() for p in output_paths(job, out_dir))
-            pred = predictor.predict(read_rgb(job.path), job.gsd, job.city)
+            pred = predictor.predict(rgb, job.gsd, job.city)
+            if not made:
+                ensure_output_dir(out_dir)
+                made = True
             write_outputs(job, pred, out_dir, overwrite=overwrite or stale)
             if stale and not overwrite:
                 summary.redone.append(job.stem)

@@ -10,7 +10,7 @@ from pathlib import Path
 from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.inference import distributed as dist
 from geopose.inference.predictor import ImageJob, Predictor, RunSummary, predict_jobs, resolve_jobs
-from geopose.io import pack_submission
+from geopose.io import check_output_dir, check_output_file, pack_submission
 
 
 @dataclass
@@ -22,6 +22,10 @@ class PredictReport:
     device: str
     tar: Path | None = None
     problems: list[str] = field(default_factory=list)
+    unresolved: list[tuple[str, str]] = field(default_factory=list)
+    """``(stem, reason)`` of the images left out before predicting (no GSD)."""
+    packed: bool = False
+    """True when ``tar`` was packed (not when an image failed)."""
 
     @property
     def written(self) -> list[str]:
@@ -32,6 +36,11 @@ class PredictReport:
     def skipped(self) -> list[str]:
         """Stems skipped (valid outputs were there) by any rank."""
         return [s for r in self.ranks for s in r.skipped]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """``(stem, reason)`` of every image not predicted because of its input, by stem."""
+        return sorted([*self.unresolved, *(f for r in self.ranks for f in r.failed)])
 
 
 def _check_tar(jobs: Sequence[ImageJob], tar: Path, overwrite: bool) -> None:
@@ -74,11 +83,19 @@ def run_predict(
     summaries, packs ``tar`` (if given) and validates it, and returns the report (other ranks
     return None). ``on_start(n)`` gets this rank's image count; ``on_done(job, status)`` follows
     each image.
+
+    An image that cannot be read or has no GSD is left out and listed in ``report.failed``;
+    the others are predicted, and ``tar`` is then not packed. An output folder (or ``tar``)
+    that cannot be written raises :class:`~geopose.errors.OutputPathError` before anything.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    check_output_dir(out_dir)
+    if tar is not None:
+        check_output_file(tar)
     info, dev = dist.init_distributed(device)
     try:
-        jobs = resolve_jobs(images_dir, gsd=gsd, city=city)
+        unresolved: list[tuple[str, str]] = []
+        jobs = resolve_jobs(images_dir, gsd=gsd, city=city, failed=unresolved)
         if tar is not None:
             _check_tar(jobs, Path(tar), overwrite)
         mine = dist.shard(jobs, info.rank, info.world_size)
@@ -100,10 +117,17 @@ def run_predict(
         summaries = dist.gather_to_main(summary, info)
         report = None
         if info.is_main:
-            report = PredictReport(ranks=summaries, n_images=len(jobs), device=str(dev))
+            report = PredictReport(
+                ranks=summaries,
+                n_images=len(jobs) + len(unresolved),
+                device=str(dev),
+                unresolved=unresolved,
+            )
             if tar is not None:
                 report.tar = Path(tar)
-                report.problems = _pack_and_validate(out_dir, Path(tar), images_dir, overwrite)
+                if not report.failed:
+                    report.problems = _pack_and_validate(out_dir, Path(tar), images_dir, overwrite)
+                    report.packed = True
         dist.barrier()
         return report
     finally:

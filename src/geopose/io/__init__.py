@@ -1,6 +1,14 @@
 """Readers and writers for the competition / US3D layout (see CONVENTIONS.md)."""
 
-from geopose.io.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from geopose.io.atomic import (
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    ensure_output_dir,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from geopose.io.geotiff import Georef, read_georef, write_geotiff
 from geopose.io.layout import (
     CITIES,
@@ -41,7 +49,10 @@ __all__ = [
     "agl_name",
     "agl_to_m",
     "atomic_path",
+    "check_output_dir",
+    "check_output_file",
     "city_of",
+    "ensure_output_dir",
     "find_rgb",
     "load_index",
     "pack_submission",
@@ -54,6 +65,7 @@ __all__ = [
     "read_metadata",
     "read_rgb",
     "read_vflow",
+    "remove_stale_temps",
     "rgb_name",
     "split_name",
     "vflow_json",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from geopose import __version__
 from geopose.errors import GeoposeDataError
-from geopose.io.atomic import atomic_path
+from geopose.io.atomic import atomic_path, ensure_output_dir
 
 ProgressFn = Callable[[int, int | None], None]
 """``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when the server does not say."""
@@ -143,7 +143,7 @@ def download(
     """
     dest = Path(dest)
     part = part_path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(dest.parent)
 
     for _attempt in range(2):  # a second pass only after a part file had to be discarded
         start = part.stat().st_size if part.is_file() else 0

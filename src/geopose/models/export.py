@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geopose.io.atomic import atomic_path
+from geopose.io.atomic import atomic_path, check_output_file
 from geopose.models.model import GeoposeOutput
 
 OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this order
@@ -59,7 +59,9 @@ def export_onnx(
     opset: int = 18,
 ) -> Path:
     """Export ``model`` (put in eval mode) to ``path`` atomically; ``size`` is the example side
-    (px, a multiple of 32 for dynamic sizes). Refuses to overwrite unless asked."""
+    (px, a multiple of 32 for dynamic sizes). Refuses to overwrite unless asked; a path that
+    cannot be written raises :class:`~geopose.errors.OutputPathError` first."""
+    check_output_file(path)
     model = model.eval()
     wrapper = _OnnxWrapper(model).eval()
     inputs = example_inputs(size)

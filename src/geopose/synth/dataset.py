@@ -12,12 +12,18 @@ Layout written under ``out`` (see CONVENTIONS.md)::
 
 Every image is drawn from its own random stream, seeded by (seed, split, index), so the
 output does not depend on the number of workers and the same seed gives the same bytes.
+
+While it runs, ``.synth-progress/`` holds the parameters and one json row per finished image
+(written after the image's files); it is removed at the end. A run that was interrupted
+resumes when started again with the same parameters: finished images are not rendered again,
+and the result is byte for byte that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +36,9 @@ import pandas as pd
 from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.io import (
     agl_name,
+    check_output_dir,
+    ensure_output_dir,
+    remove_stale_temps,
     rgb_name,
     split_name,
     vflow_name,
@@ -45,6 +54,9 @@ from geopose.synth.scene import KIND_BUILDING, KIND_WATER, make_scene, value_noi
 
 SPLIT_CODES = {"train": 0, "test": 1}
 OUTPUT_DIRS = ("train", "test", "test_truth", "test_nadir")
+PROGRESS_DIR = ".synth-progress"
+"""Folder of an unfinished run: ``params.json`` and one ``{id}.json`` row per finished image."""
+PARAMS = "params.json"
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,7 @@ def _write_image(job: _Job) -> dict:
         write_agl(nadir_dir / f"{stem}_NADIR_AGL.tif", r.nadir_agl)
         write_rgb(nadir_dir / f"{stem}_NADIR_RGB.png", r.nadir_rgb)
     valid = np.isfinite(agl)
-    return {
+    row = {
         "id": iid,
         "city": job.city,
         "split": job.split,
@@ -181,6 +193,15 @@ def _write_image(job: _Job) -> dict:
         "missing": float(1.0 - valid.mean()),
         "facade": float(r.facade.mean()),
     }
+    # The row as JSON, written after the image's files: a resumed run reads the same values.
+    text = json.dumps(row, default=_plain)
+    write_text_atomic(out / PROGRESS_DIR / f"{iid}.json", text)
+    return json.loads(text)
+
+
+def _plain(value: object) -> object:
+    """numpy scalars -> Python numbers, for ``json.dumps``."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def _init_worker() -> None:
@@ -189,10 +210,26 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite``; then clear our earlier outputs."""
-    if out.exists() and not out.is_dir():
-        raise GeoposeDataError(out, "exists and is not a folder")
+def _prepare_out(out: Path, overwrite: bool, params: dict) -> dict[str, dict]:
+    """Get ``out`` ready: resume an unfinished run with the same ``params`` (returns its finished
+    rows by id), else refuse a non-empty ``out`` unless ``overwrite`` and clear our earlier
+    outputs. :class:`OutputPathError` when ``out`` cannot be a folder."""
+    check_output_dir(out)
+    progress = out / PROGRESS_DIR
+    marker = progress / PARAMS
+    if progress.is_dir() and not marker.is_file():
+        shutil.rmtree(progress)  # left by a finished run, or one killed as it started
+    if marker.is_file():
+        same = json.loads(marker.read_text()) == params
+        if same and not overwrite:
+            for sub in ("", *OUTPUT_DIRS, PROGRESS_DIR):
+                remove_stale_temps(out / sub)
+            rows = [json.loads(p.read_text()) for p in sorted(progress.glob("*.json"))]
+            return {r["id"]: r for r in rows if "id" in r}
+        if not overwrite:
+            raise GeoposeDataError(
+                out, "holds an unfinished geopose synth with other parameters; pass --overwrite"
+            )
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise OutputExistsError(out)
@@ -200,7 +237,12 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             for f in (out / sub).glob("*") if (out / sub).is_dir() else ():
                 if f.is_file() and split_name(f) is not None:
                     f.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(out / sub)
+        remove_stale_temps(out)
+        shutil.rmtree(progress, ignore_errors=True)
+    ensure_output_dir(progress)
+    write_text_atomic(marker, json.dumps(params, indent=1))
+    return {}
 
 
 def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
@@ -241,7 +283,8 @@ def write_dataset(
     Images cycle through ``cities`` (default: all four). ``workers`` processes render in
     parallel (0 = one per CPU). ``uniform_angles`` draws angles uniformly instead of from the
     cities' passes. ``j2k_psnr``: JPEG 2000 quality (dB). ``progress`` shows a rich bar.
-    Raises :class:`OutputExistsError` if ``out`` is not empty and ``overwrite`` is False.
+    Raises :class:`OutputExistsError` if ``out`` is not empty and ``overwrite`` is False, unless
+    it holds an unfinished run with the same parameters, which is resumed.
     """
     cities = tuple(cities) if cities else CITY_CODES
     for c in cities:
@@ -252,7 +295,19 @@ def write_dataset(
         raise ValueError(f"size must be at least 16 px, got {size}")
     out = Path(out)
     truth = truth or TruthOptions()
-    _prepare_out(out, overwrite)
+    info = {
+        "generator": "geopose synth",
+        "n_train": n_train,
+        "n_test": n_test,
+        "size": size,
+        "seed": seed,
+        "cities": list(cities),
+        "nadir": nadir,
+        "uniform_angles": uniform_angles,
+        "truth": asdict(truth),
+        "j2k_psnr": j2k_psnr,
+    }
+    done = _prepare_out(out, overwrite, info)
     jobs = [
         _Job(
             split,
@@ -272,23 +327,15 @@ def write_dataset(
     workers = (os.cpu_count() or 1) if workers <= 0 else workers
     workers = max(1, min(workers, len(jobs)))
     t0 = time.perf_counter()
-    rows = _run_jobs(jobs, workers, progress)
+    todo = [j for j in jobs if image_id(j.split, j.index) not in done]
+    fresh = {r["id"]: r for r in _run_jobs(todo, min(workers, max(1, len(todo))), progress)}
+    rows = [{**done, **fresh}[image_id(j.split, j.index)] for j in jobs]
     tables = _tables(rows)
     for name, df in tables.items():
         write_text_atomic(out / name, df.to_csv(index=False))
-    info = {
-        "generator": "geopose synth",
-        "n_train": n_train,
-        "n_test": n_test,
-        "size": size,
-        "seed": seed,
-        "cities": list(cities),
-        "nadir": nadir,
-        "uniform_angles": uniform_angles,
-        "truth": asdict(truth),
-        "j2k_psnr": j2k_psnr,
-    }
     write_text_atomic(out / "synth.json", json.dumps(info, indent=2) + "\n")
+    (out / PROGRESS_DIR / PARAMS).unlink()  # finished: no longer resumable
+    shutil.rmtree(out / PROGRESS_DIR)
     views = tables["synth_views.csv"]
     views.attrs["seconds"] = time.perf_counter() - t0
     return views

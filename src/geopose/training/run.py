@@ -106,6 +106,9 @@ def _resolve_devices(t: dict) -> tuple[str, int | str, int, object, str]:
 
 
 def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    from geopose.io import check_output_dir
+
+    check_output_dir(out)  # OutputPathError (exit 2) when the run folder cannot be written
     if resume:
         if not (out / CKPT_DIR / LAST).is_file():
             raise GeoposeDataError(out / CKPT_DIR / LAST, "nothing to resume (no last checkpoint)")

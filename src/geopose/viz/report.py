@@ -33,6 +33,7 @@ tr.final td { font-weight: bold; background: #fafae6; }
 .scroll { max-height: 320px; overflow-y: auto; display: inline-block; }
 figure { margin: 12px 0 24px 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+.failed, #failed { color: #a00; }
 """
 
 COLUMNS = [
@@ -130,18 +131,31 @@ def read_truth(truth_dir: Path, stem: str):
     return Truth(read_agl(agl_p), angle, scale)
 
 
+def _failed(failed: list[tuple[str, str]] | None, stem: str, exc: GeoposeDataError) -> None:
+    """Record an image whose files cannot be read in ``failed``, or raise when not collecting."""
+    if failed is None:
+        raise exc
+    failed.append((stem, str(exc)))
+
+
 def collect(
     pred_dir: Path,
     truth_dir: Path | None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> tuple[list[ImageRow], dict | None]:
     """Read every prediction once (and its truth): per-image rows and, with truth, the pooled
-    competition scores (``{"final", "cities", "images"}``)."""
+    competition scores (``{"final", "cities", "images"}``).
+
+    An image whose files cannot be read (or differ in size from the truth) raises
+    :class:`GeoposeDataError`, or, given a list ``failed``, is appended to it as
+    ``(stem, reason)`` and left out of the rows and scores.
+    """
     from geopose.io import prediction_stems
 
     acc = None
     if truth_dir is not None:
-        from geopose.metrics import ScoreAccumulator, city_metrics, image_stats
+        from geopose.metrics import ScoreAccumulator
         from geopose.metrics.evaluate import missing_message, pair_folders
 
         pairing = pair_folders(pred_dir, truth_dir)
@@ -155,32 +169,50 @@ def collect(
         raise GeoposeDataError(pred_dir, "no complete prediction ({stem}_AGL.tif + _VFLOW.json)")
     rows = []
     for stem in progress(stems) if progress else stems:
-        agl = read_agl(pred_dir / agl_name(stem))
-        angle, scale = read_vflow(pred_dir / vflow_name(stem))
-        finite = agl[np.isfinite(agl)]
-        row = ImageRow(
-            stem,
-            city_of(stem),
-            angle,
-            scale,
-            float(finite.mean()) if finite.size else math.nan,
-            float(finite.max()) if finite.size else math.nan,
-        )
+        try:
+            row = _read_row(pred_dir, truth_dir, stem, acc is not None)
+        except GeoposeDataError as exc:
+            _failed(failed, stem, exc)
+            continue
         if acc is not None:
-            t = read_truth(truth_dir, stem)
-            if t.agl.shape != agl.shape:
-                raise GeoposeDataError(
-                    pred_dir / agl_name(stem), f"size {agl.shape} differs from truth {t.agl.shape}"
-                )
-            stats = image_stats(agl, t.agl, angle, scale, t.angle, t.scale)
-            acc.add(row.city, stats)
-            row.metrics = city_metrics(stats)
+            acc.add(row.city, row.metrics.pop("_stats"))
         rows.append(row)
+    if not rows:
+        first = failed[0][1] if failed else ""
+        raise GeoposeDataError(
+            pred_dir, f"none of the {len(stems)} prediction(s) could be read (first: {first})"
+        )
     if acc is None:
         return rows, None
     from geopose.metrics.evaluate import jsonable
 
     return rows, jsonable(acc.compute())
+
+
+def _read_row(pred_dir: Path, truth_dir: Path | None, stem: str, scored: bool) -> ImageRow:
+    """One image's row (with its metrics and, under ``_stats``, its score statistics)."""
+    agl = read_agl(pred_dir / agl_name(stem))
+    angle, scale = read_vflow(pred_dir / vflow_name(stem))
+    finite = agl[np.isfinite(agl)]
+    row = ImageRow(
+        stem,
+        city_of(stem),
+        angle,
+        scale,
+        float(finite.mean()) if finite.size else math.nan,
+        float(finite.max()) if finite.size else math.nan,
+    )
+    if scored:
+        from geopose.metrics import city_metrics, image_stats
+
+        t = read_truth(truth_dir, stem)
+        if t.agl.shape != agl.shape:
+            raise GeoposeDataError(
+                pred_dir / agl_name(stem), f"size {agl.shape} differs from truth {t.agl.shape}"
+            )
+        stats = image_stats(agl, t.agl, angle, scale, t.angle, t.scale)
+        row.metrics = {**city_metrics(stats), "_stats": stats}
+    return row
 
 
 def _image_section(
@@ -189,15 +221,21 @@ def _image_section(
     pred_dir: Path,
     truth_dir: Path | None,
     images_dir: Path | None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> str:
     from geopose.io import find_rgb
     from geopose.viz.figures import figure_png, image_figure
 
     parts = [f"<h2>{html.escape(title)}</h2>"]
     for r in rows:
-        rgb = read_rgb(find_rgb(images_dir, r.stem)) if images_dir is not None else None
-        agl = read_agl(pred_dir / agl_name(r.stem))
-        truth = read_truth(truth_dir, r.stem) if truth_dir is not None else None
+        try:
+            rgb = read_rgb(find_rgb(images_dir, r.stem)) if images_dir is not None else None
+            agl = read_agl(pred_dir / agl_name(r.stem))
+            truth = read_truth(truth_dir, r.stem) if truth_dir is not None else None
+        except GeoposeDataError as exc:
+            _failed(failed, r.stem, exc)
+            parts.append(f'<p class="failed">{html.escape(str(exc))}</p>')
+            continue
         caption = r.stem
         if r.metrics:
             caption += f": score {r.metrics['score']:.4f}"
@@ -216,11 +254,15 @@ def build_report(
     n_show: int = 3,
     title: str | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> str:
     """The report page as an HTML string (see the module docstring).
 
     ``n_show`` worst and ``n_show`` best images get figures (with truth), else the first
     ``n_show`` images. ``images_dir`` holds the ``{stem}_RGB.*`` images (optional).
+    A file that cannot be read raises :class:`GeoposeDataError`; given a list ``failed``, its
+    image is left out (or drawn without figure), listed on the page and appended to ``failed``
+    as ``(stem, reason)``.
     """
     from geopose import __version__
     from geopose.viz.figures import figure_png, score_bars
@@ -228,7 +270,8 @@ def build_report(
     pred_dir = Path(pred_dir)
     truth_dir = None if truth_dir is None else Path(truth_dir)
     images_dir = None if images_dir is None else Path(images_dir)
-    rows, scores = collect(pred_dir, truth_dir, progress)
+    failures: list[tuple[str, str]] | None = None if failed is None else []
+    rows, scores = collect(pred_dir, truth_dir, progress, failures)
     title = title or f"geopose report: {pred_dir.name}"
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -247,13 +290,20 @@ def build_report(
             "</figure>",
         ]
         k = min(n_show, math.ceil(len(rows) / 2))
-        body.append(_image_section("Worst images", rows[:k], pred_dir, truth_dir, images_dir))
+        dirs = (pred_dir, truth_dir, images_dir, failures)
+        body.append(_image_section("Worst images", rows[:k], *dirs))
         best = rows[-min(n_show, len(rows) - k) :][::-1] if len(rows) > k else []
         if best:
-            body.append(_image_section("Best images", best, pred_dir, truth_dir, images_dir))
+            body.append(_image_section("Best images", best, *dirs))
     else:
-        body.append(_image_section("Examples", rows[:n_show], pred_dir, truth_dir, images_dir))
+        body.append(
+            _image_section("Examples", rows[:n_show], pred_dir, truth_dir, images_dir, failures)
+        )
     body += ["<h2>All images</h2>", image_table(rows, scores is not None)]
+    if failures:
+        items = "".join(f"<li>{html.escape(reason)}</li>" for _, reason in failures)
+        body += [f"<h2>Unreadable files ({len(failures)})</h2>", f'<ul id="failed">{items}</ul>']
+        failed.extend(failures)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
@@ -270,13 +320,18 @@ def write_report(
     n_show: int = 3,
     overwrite: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """Build the report and write it to ``out`` atomically (refusing to overwrite by default)."""
-    from geopose.errors import OutputExistsError
-    from geopose.io import write_text_atomic
+    """Build the report and write it to ``out`` atomically (refusing to overwrite by default).
 
-    out = Path(out)
+    ``failed``: as in :func:`build_report`. A path that cannot be written raises
+    :class:`~geopose.errors.OutputPathError` before anything is read.
+    """
+    from geopose.errors import OutputExistsError
+    from geopose.io import check_output_file, write_text_atomic
+
+    out = check_output_file(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
-    page = build_report(pred_dir, truth_dir, images_dir, n_show, progress=progress)
+    page = build_report(pred_dir, truth_dir, images_dir, n_show, progress=progress, failed=failed)
     return write_text_atomic(out, page, overwrite=overwrite)

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from geopose.errors import GeoposeDataError
-from geopose.io.atomic import atomic_path
+from geopose.io.atomic import atomic_path, check_output_dir
 from geopose.io.download import ProgressFn, download, extract_member, read_url
 
 FAMILIES = ("baseline", "first", "second", "fourth")
@@ -515,10 +515,12 @@ def fetch(
     """
     entry = get_entry(name)
     if local_file is not None:
+        check_output_dir(cache_dir())
         return _import_local(entry, Path(local_file))
     found = cached_path(name)
     if found is not None:
         return found
+    check_output_dir(cache_dir())  # a cache that cannot be written: one line, exit code 2
     if entry.needs_browser or not entry.urls:
         raise GeoposeDataError(
             None,
