@@ -210,6 +210,17 @@ def test_output_checks_and_atomic_writes_name_the_path(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]  # no temporary file left
 
 
+def test_a_folder_without_write_permission_is_named(tmp_path, monkeypatch, capsys):
+    import geopose.io.atomic as atomic
+
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)  # as a non-root user
+    with pytest.raises(OutputPathError, match=f"cannot be written: .* in {tmp_path}$"):
+        ensure_output_dir(tmp_path / "new")
+    code, _, err = cli(capsys, "synth", tmp_path / "s", "--train", "1", "--test", "0")
+    assert code == 2 and err.strip().startswith(f"error: {tmp_path / 's'}: cannot be written")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -341,10 +352,23 @@ def test_report_goes_on_past_an_unreadable_prediction(tmp_path, capsys, make_fak
 # --- fault injection: SIGKILL at random moments, then run again -------------------------------
 
 
-def _count_outputs(root: Path) -> int:
-    if not root.is_dir():
-        return 0
-    return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _scan(root: Path) -> tuple[int, bool]:
+    """(output files below ``root``, whether a temporary file of an atomic write is there)."""
+    n, tmp = 0, False
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif e.name.startswith("."):
+                tmp = tmp or ".tmp" in e.name
+            else:
+                n += 1
+    return n, tmp
 
 
 def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -352,8 +376,8 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def _wait_group_dead(pgid: int, timeout: float = 10.0) -> None:
-    """Wait until no process of group ``pgid`` runs any more (zombies do not count): the
-    worker processes die a moment after the SIGKILL that their parent's wait saw."""
+    """Wait until no process of group ``pgid`` runs any more (zombies do not count): worker
+    processes die a moment after the SIGKILL that their parent's ``wait`` saw."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = False
@@ -370,19 +394,26 @@ def _wait_group_dead(pgid: int, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def _kill_at(cmd: list[str], env: dict, out: Path, k: int, delay: float) -> int | None:
-    """Start ``cmd``; once ``out`` holds ``k`` more output files than at the start, wait
-    ``delay`` s and SIGKILL its whole process group. Returns its exit code (-9 when killed)."""
-    start = _count_outputs(out)
+def _kill_at(cmd: list[str], env: dict, out: Path, k: int, delay: float | None) -> int:
+    """Start ``cmd``; once ``out`` holds ``k`` more output files than at the start, SIGKILL its
+    whole process group after ``delay`` s, or (``delay`` None) as soon as a temporary file shows
+    that an output is being written. Returns the exit code (-9 when killed)."""
+    start = _scan(out)[0]
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 90
+    reached = False
     while proc.poll() is None and time.monotonic() < deadline:
-        if _count_outputs(out) >= start + k:
+        n, tmp = _scan(out)
+        reached = reached or n >= start + k
+        if reached and delay is not None:
             time.sleep(delay)
             break
-        time.sleep(0.001)
+        if reached and tmp:  # in the middle of a write
+            break
+        if delay is not None:
+            time.sleep(0.001)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -393,14 +424,16 @@ def _kill_at(cmd: list[str], env: dict, out: Path, k: int, delay: float) -> int 
 
 
 def _interrupt_and_finish(cmd: list[str], out: Path, n_files: int, seed: int) -> int:
-    """Kill ``cmd`` three times at seeded moments (after a few more output files each time and
-    a short random delay), then run it to completion. Returns how many runs were killed."""
+    """Kill ``cmd`` three times at seeded moments (each after a few more output files: in the
+    middle of writing one, then after a short random delay, then mid-write again), then run
+    it to completion. Returns how many runs were killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     rng = random.Random(seed)
     killed = 0
-    for _ in range(3):
-        k = rng.randint(1, max(1, n_files // 4))
-        killed += _kill_at(cmd, env, out, k, rng.uniform(0.0, 0.03)) == -signal.SIGKILL
+    for mid_write in (True, False, True):
+        k = rng.randint(1, max(1, n_files // 5))
+        delay = None if mid_write else rng.uniform(0.0, 0.03)
+        killed += _kill_at(cmd, env, out, k, delay) == -signal.SIGKILL
     res = _run(cmd, env)
     assert res.returncode == 0, res.stdout + res.stderr
     return killed
@@ -410,7 +443,7 @@ GEOPOSE = [sys.executable, "-m", "geopose.cli.main"]
 
 
 def test_predict_killed_three_times_matches_an_uninterrupted_run(tmp_path, ckpt, make_fake_dataset):
-    ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=16, size=64)
+    ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=16, size=256)
     args = ["predict", str(ckpt), "--images", str(ds.root / "test"), "--tta", "none",
             "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -424,7 +457,7 @@ def test_predict_killed_three_times_matches_an_uninterrupted_run(tmp_path, ckpt,
 
 
 def test_prepare_killed_three_times_matches_an_uninterrupted_run(tmp_path, make_fake_dataset):
-    ds = make_fake_dataset(tmp_path / "data", n_train=16, n_test=4, size=128)
+    ds = make_fake_dataset(tmp_path / "data", n_train=16, n_test=4, size=256)
     args = ["prepare", str(ds.root), "--downsample", "2", "-j", "1"]
     ref = _run([*GEOPOSE, *args, "--out", str(tmp_path / "ref")], dict(os.environ))
     assert ref.returncode == 0, ref.stderr
