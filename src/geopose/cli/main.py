@@ -38,15 +38,28 @@ def _root(
         callback=_print_version,
         is_eager=True,
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Also show the libraries' warnings and info lines (Lightning, torch).",
+    ),
 ) -> None:
     """Geocentric pose of oblique satellite images: height above ground, flow angle and scale."""
+    from geopose import logs
+
+    logs.configure(verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a :class:`GeoposeError` becomes one ``error:`` line and its exit code (1,
-    or 2 for an output that cannot be written)."""
+    or 2 for an output that cannot be written). Without ``-v`` only geopose's own messages
+    reach the terminal (:mod:`geopose.logs`), for this command only."""
+    from geopose import logs
+
     try:
-        app(args=argv, prog_name="geopose")
+        with logs.cli_scope():
+            app(args=argv, prog_name="geopose")
     except GeoposeError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

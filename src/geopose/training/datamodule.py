@@ -1,17 +1,25 @@
 """LightningDataModule: a source, its folds, the augmented training crops and the validation
-images, sharded over DDP ranks by :class:`~geopose.data.dataset.EpochSampler`."""
+images, sharded over DDP ranks by :class:`~geopose.data.dataset.EpochSampler`.
+
+Where training is in its stream of epochs is the number of batches it has taken, kept in the
+data module's checkpoint state: Lightning's epoch counter is not used for that, because it
+falls one behind after a resume from a checkpoint saved at the last batch of an epoch, and a
+second resume then repeated an epoch's batches.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from geopose.data.dataset import EpochSampler, GeoposeDataset, ResumableLoader
-from geopose.data.folds import load_or_make_folds, split_stems
+from geopose.data.folds import load_or_make_folds, make_folds, split_stems
 from geopose.data.sources import ImageSource, open_source
 from geopose.errors import ConfigError
 from geopose.transforms.geometric import GeometricAugment
@@ -36,6 +44,25 @@ def _collate(items: list[dict]) -> dict:
     return out
 
 
+class _StreamSampler(EpochSampler):
+    """An :class:`EpochSampler` placed by the number of batches training has taken (``taken``;
+    None: as Lightning and the loader's state place it) when iteration starts."""
+
+    def __init__(self, *args, batch_size: int, taken: Callable[[], int | None], **kw) -> None:
+        super().__init__(*args, **kw)
+        self.batch_size, self.taken = int(batch_size), taken
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.taken() is None:
+            super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        taken, per_epoch = self.taken(), len(self) // self.batch_size
+        if taken is not None and per_epoch > 0:
+            self.epoch, self.skip = taken // per_epoch, taken % per_epoch * self.batch_size
+        yield from super().__iter__()
+
+
 class GeoposeDataModule(L.LightningDataModule):
     """Training and validation loaders for a resolved config; ``run_dir`` holds the folds csv
     unless ``data.folds_csv`` names one."""
@@ -49,13 +76,19 @@ class GeoposeDataModule(L.LightningDataModule):
         self.train_rows: list[int] = []
         self.val_rows: list[int] = []
         self._train_loader: ResumableLoader | None = None
+        self._unwritten_folds: tuple[Path, pd.DataFrame] | None = None
+        self.batches_taken: int | None = 0  # None: resumed from a checkpoint without the count
 
     @property
     def data(self) -> dict:
         return self.config["data"]
 
-    def prepare(self) -> None:
-        """Open the source and split it (call once, before building loaders)."""
+    def prepare(self, write: bool = True, fresh: bool = False) -> None:
+        """Open the source and split it (call once, before building loaders).
+
+        ``write=False`` writes nothing: new folds wait for :meth:`write_folds`. ``fresh`` makes
+        new folds instead of reading ``RUN/folds.csv`` (a new run, replacing an old one's).
+        """
         d = self.data
         if self.source is None:
             if not d["root"]:
@@ -66,9 +99,15 @@ class GeoposeDataModule(L.LightningDataModule):
             raise ConfigError(f"data.root: {d['root']} has no training images")
         folds_csv = Path(d["folds_csv"]) if d["folds_csv"] else self.run_dir / "folds.csv"
         rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0  # as run.train
-        folds = load_or_make_folds(
-            folds_csv, index, d["folds"], d["fold_scheme"], d["fold_seed"], write=rank0
-        )
+        spec = (d["folds"], d["fold_scheme"], d["fold_seed"])
+        if fresh and not d["folds_csv"]:
+            folds, new = make_folds(index, *spec), True
+        else:
+            new = not folds_csv.exists()
+            folds = load_or_make_folds(folds_csv, index, *spec, write=False)
+        self._unwritten_folds = (folds_csv, folds) if new and rank0 else None
+        if write:
+            self.write_folds()
         train, val = split_stems(folds[folds["stem"].isin(set(index["stem"]))], d["fold"])
         if d["val_max_images"] is not None:
             val = val[: d["val_max_images"]]
@@ -76,6 +115,15 @@ class GeoposeDataModule(L.LightningDataModule):
         self.val_rows = self.source.position(val)
         if not self.train_rows:
             raise ConfigError("data.fold: the training split is empty")
+
+    def write_folds(self) -> None:
+        """Write the folds :meth:`prepare` made (rank 0 only; nothing when they were read)."""
+        if self._unwritten_folds is not None:
+            from geopose.io import write_text_atomic
+
+            path, folds = self._unwritten_folds
+            write_text_atomic(path, folds.to_csv(index=False))
+            self._unwritten_folds = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.source is None or not self.train_rows:
@@ -115,8 +163,10 @@ class GeoposeDataModule(L.LightningDataModule):
         d = self.data
         rank, world = self._rank()
         self.steps_per_epoch(world)  # checks the batch fits
-        sampler = EpochSampler(
+        sampler = _StreamSampler(
             len(self.train_rows),
+            batch_size=d["batch_size"],
+            taken=lambda: self.batches_taken,
             shuffle=True,
             seed=self.config["train"]["seed"],
             samples_per_epoch=d["samples_per_epoch"],
@@ -151,6 +201,15 @@ class GeoposeDataModule(L.LightningDataModule):
         )
 
     def mark_consumed(self, epoch: int, batches: int) -> None:
-        """Tell the training loader how far training got (saved in checkpoints)."""
+        """Training takes batch ``batches`` (1-based) of epoch ``epoch``: count it (saved in
+        checkpoints) and tell the training loader."""
+        if self.batches_taken is not None:
+            self.batches_taken += 1
         if self._train_loader is not None:
             self._train_loader.mark(epoch, batches)
+
+    def state_dict(self) -> dict:
+        return {"batches_taken": self.batches_taken}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.batches_taken = state_dict.get("batches_taken")

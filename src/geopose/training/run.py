@@ -5,14 +5,20 @@ Run folder ``RUN/``::
     config.yaml                 the full resolved config (also in checkpoints/)
     folds.csv                   the folds (unless data.folds_csv names a shared one)
     checkpoints/config.yaml
-    checkpoints/last.ckpt       latest state (exact resume: --resume RUN)
+    checkpoints/last.ckpt       latest state (exact resume: --resume RUN); the only "last"
     checkpoints/epoch=E-step=S-score=X.ckpt   the best ``train.save_top_k`` by val/score
     logs/csv/version_N/metrics.csv, logs/tensorboard/version_N/   one version per (re)start
     summary.json                steps, best score and checkpoint, wall time, per-rank checksums
+
+Everything is checked (config, data, folds, devices, ``init_from``) before anything is written,
+and every file is written atomically (a temporary file, then a rename): a run killed at any
+moment resumes from its newest complete checkpoint, and the temporary files a kill leaves are
+removed when the run (re)starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +30,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geopose.config import save_config
 from geopose.errors import ConfigError, GeoposeDataError, GeoposeError, OutputExistsError
@@ -44,12 +52,71 @@ class TrainingDiverged(GeoposeError):
 
 class GuardedCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes nothing once the NaN guard has stopped training, so the
-    last checkpoint on disk is the last good state."""
+    last checkpoint on disk is the last good state.
+
+    Lightning's version counter is off: every callback that saves the last state writes
+    ``last.ckpt`` itself (with it, a second callback, or one whose state a resumed checkpoint
+    did not hold, found ``last.ckpt`` taken and wrote ``last-v1.ckpt``, leaving a stale
+    ``last.ckpt`` behind), and a best checkpoint redone after a kill replaces its namesake.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(enable_version_counter=False, **kwargs)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the final state as ``last.ckpt`` unless a callback just did (Lightning does it
+        only for a callback that never saved; a run stopped by ``max_steps`` in the middle of
+        an epoch with validation would otherwise end with an older ``last.ckpt``)."""
+        if not self.save_last or trainer.global_step == 0:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if (
+                isinstance(cb, GuardedCheckpoint)
+                and cb.save_last
+                and cb._last_global_step_saved == trainer.global_step
+                and Path(cb._last_checkpoint_saved or "").name == LAST
+            ):
+                return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if getattr(trainer.lightning_module, "stopped_reason", None) is not None:
             return
         super()._save_checkpoint(trainer, filepath)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, flushed to disk, then
+    renamed onto it: a kill during the write leaves the previous checkpoint whole.
+
+    (Lightning's own writer stages the file in the system temporary folder and moves it: a
+    copy, not a rename, when that folder is on another file system, e.g. a tmpfs ``/tmp``.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from geopose.io import atomic_path
+
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete the temporary files that a killed run left in ``out`` and its checkpoints."""
+    from geopose.io import remove_stale_temps
+
+    for folder in (out, out / CKPT_DIR):
+        remove_stale_temps(folder)
 
 
 class RankChecksum(Callback):
@@ -83,6 +150,10 @@ def _resolve_devices(t: dict) -> tuple[str, int | str, int, object, str]:
     if accel == "auto":
         accel = "gpu" if torch.cuda.is_available() else "cpu"
     accel = "gpu" if accel == "cuda" else accel
+    if accel == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.accelerator: {t['accelerator']} asked for, but torch sees no CUDA GPU here"
+        )
     devices, nodes = t["devices"], t["num_nodes"]
     if devices == "auto":
         # Under torchrun every process is one device of its node.
@@ -196,57 +267,67 @@ def train(
     out = Path(out)
     t = config["train"]
     rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-    init = None if resume else _init_model(config)  # before anything is written
-    if rank0:
-        _prepare_run_dir(out, resume, overwrite)
-    ckpt_dir = out / CKPT_DIR
+    # Check everything before anything is written: a mistake leaves no run folder behind.
+    init = None if resume else _init_model(config)
     L.seed_everything(t["seed"], workers=True, verbose=False)
     dm = GeoposeDataModule(config, out, source=source)
-    dm.prepare()
+    dm.prepare(write=False, fresh=not resume)  # data, folds; folds.csv is written below
+    if resume:  # the checkpoint has the count (an older one does not: the loaders' state then)
+        dm.batches_taken = None
     validate = config["data"]["fold"] is not None and bool(dm.val_rows)
+    if t["scheduler"] == "plateau" and not validate:
+        raise ConfigError("train.scheduler: plateau needs validation (data.fold, with images)")
     accel, devices, nodes, strategy, precision = _resolve_devices(t)
-    if accel == "gpu":
-        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
     spe = dm.steps_per_epoch(devices * nodes)
     total = spe * t["epochs"] if t["max_steps"] <= 0 else min(t["max_steps"], spe * t["epochs"])
-    if rank0:
-        save_config(config, out / "config.yaml")
-        save_config(config, ckpt_dir / "config.yaml")
     # ImageNet weights only for a fresh start: resumed and initialised runs overwrite them.
     fresh = not resume and init is None
     model_cfg = config["model"] if fresh else without_pretrained(config["model"])
     task = GeoposeTask({**config, "model": model_cfg}, steps_per_epoch=spe, total_steps=total)
     if init is not None:
         _init_weights(task, init, t["init_from"])
-    loggers = [
+    ckpt_dir = out / CKPT_DIR
+    loggers = [  # they create their folders when they first log
         CSVLogger(out / "logs", name="csv"),
         TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False),
     ]
-    trainer = L.Trainer(
-        accelerator=accel,
-        devices=devices,
-        num_nodes=nodes,
-        strategy=strategy,
-        precision=precision,
-        max_epochs=t["epochs"],
-        max_steps=t["max_steps"],
-        max_time=timedelta(minutes=t["max_minutes"]) if t["max_minutes"] else None,
-        gradient_clip_val=t["grad_clip"],
-        gradient_clip_algorithm="norm",
-        accumulate_grad_batches=t["accumulate"],
-        check_val_every_n_epoch=t["val_every"],
-        limit_val_batches=1.0 if validate else 0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t["log_every"],
-        deterministic=t["deterministic"],
-        benchmark=accel == "gpu" and not t["deterministic"],
-        enable_progress_bar=t["progress"],
-        enable_model_summary=t["progress"],
-        use_distributed_sampler=False,
-        callbacks=_callbacks(config, ckpt_dir, validate) + list(callbacks or []),
-        logger=loggers,
-        default_root_dir=out,
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=accel,
+            devices=devices,
+            num_nodes=nodes,
+            strategy=strategy,
+            precision=precision,
+            plugins=[AtomicCheckpointIO()],
+            max_epochs=t["epochs"],
+            max_steps=t["max_steps"],
+            max_time=timedelta(minutes=t["max_minutes"]) if t["max_minutes"] else None,
+            gradient_clip_val=t["grad_clip"],
+            gradient_clip_algorithm="norm",
+            accumulate_grad_batches=t["accumulate"],
+            check_val_every_n_epoch=t["val_every"],
+            limit_val_batches=1.0 if validate else 0,
+            num_sanity_val_steps=0,
+            log_every_n_steps=t["log_every"],
+            deterministic=t["deterministic"],
+            benchmark=accel == "gpu" and not t["deterministic"],
+            enable_progress_bar=t["progress"],
+            enable_model_summary=t["progress"],
+            use_distributed_sampler=False,
+            callbacks=_callbacks(config, ckpt_dir, validate) + list(callbacks or []),
+            logger=loggers,
+            default_root_dir=out,
+        )
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(f"train: {exc}") from exc
+    if accel == "gpu":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
+    if rank0:
+        _prepare_run_dir(out, resume, overwrite)
+        _remove_stale_temps(out)
+        dm.write_folds()
+        save_config(config, out / "config.yaml")
+        save_config(config, ckpt_dir / "config.yaml")
     started = time.time()
     # checkpoints/ holds config.yaml (and, on resume, the checkpoints): expected, not a problem.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
