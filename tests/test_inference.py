@@ -275,7 +275,7 @@ def test_predictor_tiles_large_images(model):
     tiled = Predictor([model], tta="none", tile_size=64).predict(rgb, 0.5, 0)
     assert tiled.agl.shape == whole.agl.shape == (96, 136)
     assert np.isfinite(tiled.mag).all() and (tiled.agl >= 0).all()
-    assert not np.allclose(tiled.mag, whole.mag)  # it did tile
+    assert not np.allclose(tiled.agl, whole.agl)  # it did tile (MAG: 0, no direction found)
 
 
 def test_cuda_out_of_memory_falls_back_to_smaller_tiles(monkeypatch):

@@ -51,6 +51,8 @@ from geopose.io import (
 )
 from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
 
+NO_DIRECTION_ANGLE = 0.0
+"""Angle (rad) written for an image without direction evidence; its scale is 0 (zero flow)."""
 MIN_TILE = 256
 """Smallest tile (px) the CUDA out-of-memory fallback goes down to."""
 METRES_PER_DEGREE = 111_320.0
@@ -227,12 +229,18 @@ def outputs_valid(job: ImageJob, out_dir: Path) -> bool:
 
 @dataclass
 class ImagePrediction:
-    """One image's prediction: AGL H×W float32 m, MAG H×W float32 px, angle rad, scale px/m."""
+    """One image's prediction: AGL H×W float32 m, MAG H×W float32 px, angle rad, scale px/m.
+
+    ``direction_known`` is False when no view, tile or model found evidence of the flow
+    direction (e.g. a ramp fit on flat land): the flow is then zero (scale 0, MAG 0) and the
+    angle 0 rad is only a label (module :data:`NO_DIRECTION_ANGLE`).
+    """
 
     agl: np.ndarray
     mag: np.ndarray
     angle: float
     scale: float
+    direction_known: bool = True
 
 
 def write_outputs(
@@ -335,10 +343,21 @@ class Predictor:
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, current // 2)  # retry in smaller tiles
         agl = out.agl[0, 0].clamp_min(0).cpu().numpy()
+        direction = out.direction[0].double().cpu().numpy()
+        if not np.hypot(*direction) > 0.5:  # averaged directions are unit, or 0: no evidence
+            # The only D4-invariant flow is zero, and it is the least-squares flow when the
+            # direction is unknown: scale 0 (also without shrink_scale), a label for the angle.
+            return ImagePrediction(
+                agl=agl,
+                mag=np.zeros_like(agl),
+                angle=NO_DIRECTION_ANGLE,
+                scale=0.0,
+                direction_known=False,
+            )
         return ImagePrediction(
             agl=agl,
             mag=out.mag[0, 0].cpu().numpy(),
-            angle=float(vector_to_angle(out.direction[0].double().cpu().numpy())),
+            angle=float(vector_to_angle(direction)),
             scale=float(out.scale[0]),
         )
 
@@ -368,6 +387,8 @@ class RunSummary:
     redone: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    no_direction: list[str] = field(default_factory=list)
+    """Stems written with no direction evidence (zero flow: scale 0, angle 0 as a label)."""
 
 
 def _read_job_image(job: ImageJob, summary: RunSummary) -> np.ndarray | None:
@@ -418,6 +439,8 @@ def predict_jobs(
             if stale and not overwrite:
                 summary.redone.append(job.stem)
             summary.written.append(job.stem)
+            if not pred.direction_known:
+                summary.no_direction.append(job.stem)
             status = "written"
         if on_done is not None:
             on_done(job, status)

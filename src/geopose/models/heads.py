@@ -162,6 +162,16 @@ def unit(v: torch.Tensor, fallback: tuple[float, float] = (0.0, 1.0)) -> torch.T
     return F.normalize(v + fb, dim=1, eps=eps)
 
 
+def unit_or_zero(v: torch.Tensor) -> torch.Tensor:
+    """Normalise B×2 vectors; a zero vector stays zero: "no direction", which D4 maps to itself
+    and which TTA/ensemble averaging counts as no vote (the pose fits below, when the image
+    holds no evidence of the direction). Finite gradients everywhere."""
+    n2 = (v * v).sum(dim=1, keepdim=True)
+    known = n2 > 0
+    n = torch.sqrt(torch.where(known, n2, torch.ones_like(n2)))  # no 1/0 in the gradient
+    return torch.where(known, v / n, torch.zeros_like(v))
+
+
 class OrientationHead(nn.Module):
     """Pooled bottleneck -> MLP -> unit direction (sin a, cos a), B×2."""
 
@@ -248,15 +258,16 @@ def flow_pose(
 
     The model ``flow_i ≈ agl_i · v`` with ``v = scale · (sin a, cos a)`` gives
     ``v = Σ agl·flow / Σ agl²`` (pixels near the ground weigh little, tall ones most). Returns
-    direction B×2 (unit), scale B (px/m, = |v|) and MAG B×1×H×W (px, flow projected on the
-    direction). Inconsistent flow directions shrink |v|, i.e. the scale: the expected flow.
+    direction B×2 (unit; zero when ``v = 0``, e.g. no heights: no evidence of a direction),
+    scale B (px/m, = |v|) and MAG B×1×H×W (px, flow projected on the direction). Inconsistent
+    flow directions shrink |v|, i.e. the scale: the expected flow.
     """
     flow, agl = flow.float(), agl.float()  # sums over all pixels: float32 even under AMP
     a = agl.detach() if detach_agl else agl
     num = (flow * a).sum(dim=(2, 3))  # B×2
     den = (a * a).sum(dim=(2, 3)) + 1e-6  # B×1
     v = num / den
-    direction = unit(v)
+    direction = unit_or_zero(v)
     scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
     mag = (flow * direction[:, :, None, None]).sum(dim=1, keepdim=True)
     return direction, scale, mag
@@ -312,7 +323,9 @@ def ramp_pose(
     lies in ``[min_slope, max_slope]``; flat ground and roofs (∇z = 0) carry no weight.
 
     ``ramp`` B×2×H×W (m/px, (d/dcol, d/drow)) -> direction B×2 (unit), scale B (px/m, ``|v|``).
-    No ramps at all gives ``v = 0``: scale 0, the least-squares guess when nothing is known.
+    No ramps at all (an untrained model, flat land, water, cloud) gives ``v = 0``: scale 0, the
+    least-squares guess when nothing is known, and direction (0, 0), "unknown" (not a made-up
+    angle; ``geopose.inference.Predictor`` writes zero flow for it).
     Differentiable (the weights are held fixed within each solve).
     """
     g = ramp.float().flatten(2)  # B×2×N
@@ -331,6 +344,6 @@ def ramp_pose(
         v = torch.stack([ayy * bx - axy * by, axx * by - axy * bx], dim=1) / det[:, None]
         r = gx * v[:, :1] + gy * v[:, 1:] + 1.0
         w = base / torch.clamp(r.detach().abs() / huber, min=1.0)
-    direction = unit(v)
+    direction = unit_or_zero(v)
     scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
     return direction, scale

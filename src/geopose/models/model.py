@@ -35,9 +35,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GeoposeOutput(NamedTuple):
-    """Model outputs: AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit (sin a, cos a),
-    scale B (px/m), the dense flow B×2×H×W (px, (dx, dy)) when the model has a flow head and
-    the facade-ramp field B×2×H×W (∇AGL, m/px) when it has a ramp head."""
+    """Model outputs: AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit (sin a, cos a)
+    or (0, 0) where a ramp/flow fit found no evidence of it, scale B (px/m), the dense flow
+    B×2×H×W (px, (dx, dy)) when the model has a flow head and the facade-ramp field B×2×H×W
+    (∇AGL, m/px) when it has a ramp head."""
 
     agl: torch.Tensor
     mag: torch.Tensor
