@@ -428,3 +428,25 @@ def test_torchmetric_ddp_two_processes_sum_states(tmp_path):
     expect = _accumulate_numpy([_batch(rng) for _ in range(4)]).compute()
     assert float(got["flat"]["score"]) == pytest.approx(expect["final"], abs=1e-9)
     assert got["report"]["images"] == expect["images"] == 24
+
+
+def test_zero_direction_is_scored_as_the_zero_flow_written_to_files():
+    """A model with no direction evidence outputs direction (0, 0); geopose writes scale 0 and
+    angle 0 for it, so validation must score exactly that (not a 0° angle error at full scale)."""
+    import torch
+
+    from geopose.metrics.torchmetric import batch_stats
+
+    rng = np.random.default_rng(3)
+    bt = _batch(rng)
+    zero = bt["direction_pred"].clone()
+    zero[0] = 0.0
+    got = batch_stats(
+        bt["agl_pred"], zero, bt["scale_pred"], bt["agl"], bt["direction"], bt["scale"]
+    )
+    as_written = batch_stats(
+        bt["agl_pred"][:1], torch.zeros(1), torch.zeros(1), bt["agl"][:1], bt["direction"][:1],
+        bt["scale"][:1],
+    )  # fmt: skip
+    torch.testing.assert_close(got[:1], as_written)
+    assert torch.isfinite(got).all()

@@ -40,6 +40,22 @@ def _as_unit_vectors(x: torch.Tensor, what: str) -> torch.Tensor:
     return torch.stack([torch.sin(x), torch.cos(x)], dim=1)
 
 
+def _predicted_pose(
+    direction: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted unit directions B×2 and scales B (float64). A zero direction vector (a model
+    that found no evidence of the direction) is scored as geopose writes it: zero flow, i.e.
+    scale 0 and the label angle 0."""
+    u = _as_unit_vectors(direction, "direction_pred")
+    s = _as_vector(scale, "scale_pred")
+    if direction.ndim == 2 and direction.shape[1] == 2:
+        unknown = direction.detach().to(torch.float64).norm(dim=1) <= 1e-12
+        label = torch.tensor([0.0, 1.0], dtype=torch.float64, device=u.device)
+        u = torch.where(unknown[:, None], label, u)
+        s = torch.where(unknown.to(s.device), torch.zeros_like(s), s)
+    return u, s
+
+
 def _as_vector(x: torch.Tensor, what: str) -> torch.Tensor:
     x = x.detach().to(torch.float64)
     if x.ndim == 2 and x.shape[1] == 1:
@@ -60,16 +76,17 @@ def batch_stats(
     """B×N_FIELDS float64 statistics vectors (see ``score.FIELDS``), one per image.
 
     AGL in metres (truth NaN = missing; a NaN prediction counts as 0 m), directions as
-    (sin, cos) vectors or angles in radians, scales in px/m. Same formulas as
+    (sin, cos) vectors or angles in radians (a zero predicted vector = no direction evidence:
+    zero flow, angle label 0, as written to files), scales in px/m. Same formulas as
     :func:`geopose.metrics.score.image_stats`, vectorised over the batch on any device.
     """
     p = _as_maps(agl_pred, "agl_pred")
     t = _as_maps(agl_true, "agl")
     if p.shape != t.shape:
         raise ValueError(f"prediction {tuple(p.shape)} and truth {tuple(t.shape)} differ")
-    u_p = _as_unit_vectors(direction_pred, "direction_pred").to(p.device)
+    u_p, sp = _predicted_pose(direction_pred, scale_pred)
+    u_p, sp = u_p.to(p.device), sp.to(p.device)
     u_t = _as_unit_vectors(direction_true, "direction").to(p.device)
-    sp = _as_vector(scale_pred, "scale_pred").to(p.device)
     st = _as_vector(scale_true, "scale").to(p.device)
     valid = torch.isfinite(t)
     p_ok = torch.isfinite(p)
