@@ -153,6 +153,13 @@ def predict(
         highlight=False,
         soft_wrap=True,
     )
+    no_direction = sum(len(r.no_direction) for r in report.ranks)
+    if no_direction:
+        console.print(
+            f"{no_direction} image(s) with no evidence of the flow direction: zero flow written "
+            "(scale 0, angle 0)",
+            highlight=False,
+        )
     if failed:
         for _stem, reason in failed:
             line = " ".join(reason.split())
@@ -174,10 +181,3 @@ def predict(
         if report.problems:
             fail(f"{report.tar}: submission has {len(report.problems)} problem(s)")
         console.print(f"[bold green]OK[/]: submission {escape(str(report.tar))} validated")
-    no_direction = sum(len(r.no_direction) for r in report.ranks)
-    if no_direction:
-        console.print(
-            f"{no_direction} image(s) with no evidence of the flow direction: zero flow written "
-            "(scale 0, angle 0)",
-            highlight=False,
-        )
