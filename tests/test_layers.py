@@ -1,0 +1,85 @@
+"""The layer contract of the package, checked on every import statement (lazy ones included).
+
+A module may import its own package and any package of a lower layer; never a higher one, and
+never another package of its own layer (sideways). The two sideways imports that exist are
+listed in KNOWN and must go (issue 16); the test fails on any new one, and on a KNOWN entry
+that has disappeared (so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "geopose"
+
+LAYERS: list[set[str]] = [
+    {"errors"},  # the exceptions every layer raises
+    {"", "logs"},  # the package root (version, re-exported errors), quiet-by-default logging
+    {"geometry"},  # the conventions' maths
+    {"io"},  # files: rasters, tables, submissions, atomic writes, downloads
+    {"data", "transforms", "models", "metrics", "synth", "validate"},
+    {"config"},  # the training configuration (reads the models' schemas)
+    {"training", "inference", "rectify", "viz"},
+    {"demo"},
+    {"cli"},
+]
+KNOWN = {
+    ("data", "transforms"),  # data.dataset/sources use transforms' Sample and window
+    ("viz", "rectify"),  # figures show the rectified view
+}
+
+
+def _package(module: str) -> str:
+    """``geopose.io.rasters`` -> ``io``; ``geopose`` -> ``""``; ``geopose.demo`` -> ``demo``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _layer(package: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if package in layer:
+            return i
+    raise AssertionError(f"package geopose.{package} is in no layer: add it to LAYERS")
+
+
+def _imports() -> set[tuple[str, str, str]]:
+    """(importing file, its package, imported package) for every geopose import."""
+    out = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).with_suffix("")
+        module = ".".join(["geopose", *rel.parts]).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name == "geopose" or name.startswith("geopose."):
+                    out.add((str(path.relative_to(SRC)), _package(module), _package(name)))
+    return out
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    packages |= {p.stem for p in SRC.glob("*.py") if p.stem != "__init__"}
+    for package in packages:
+        _layer(package)
+
+
+def test_imports_go_downward_only():
+    bad = []
+    seen_known = set()
+    for path, src, dst in sorted(_imports()):
+        if src == dst:
+            continue
+        if (src, dst) in KNOWN:
+            seen_known.add((src, dst))
+            continue
+        if _layer(dst) >= _layer(src):
+            kind = "sideways" if _layer(dst) == _layer(src) else "upward"
+            bad.append(f"{path}: {kind} import of geopose.{dst} from geopose.{src}")
+    assert not bad, "\n".join(bad)
+    assert seen_known == KNOWN, f"gone from the code, drop from KNOWN: {KNOWN - seen_known}"
