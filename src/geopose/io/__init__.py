@@ -9,6 +9,7 @@ from geopose.io.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from geopose.io.cog import BlockWriter, is_cog
 from geopose.io.geotiff import Georef, read_georef, write_geotiff
 from geopose.io.layout import (
     CITIES,
@@ -30,6 +31,14 @@ from geopose.io.rasters import (
     write_agl,
     write_rgb,
 )
+from geopose.io.scene import (
+    Scene,
+    Stretch,
+    compute_stretch,
+    default_bands,
+    georef_gsd,
+    parse_bands,
+)
 from geopose.io.submission import (
     pack_submission,
     prediction_files,
@@ -41,8 +50,11 @@ from geopose.io.vflow import Vflow, parse_vflow, read_vflow, vflow_json, write_v
 
 __all__ = [
     "AGL_NODATA",
+    "BlockWriter",
     "CITIES",
     "Georef",
+    "Scene",
+    "Stretch",
     "Vflow",
     "agl_cm_to_m",
     "agl_m_to_cm",
@@ -52,10 +64,15 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "city_of",
+    "compute_stretch",
+    "default_bands",
     "ensure_output_dir",
     "find_rgb",
+    "georef_gsd",
+    "is_cog",
     "load_index",
     "pack_submission",
+    "parse_bands",
     "parse_vflow",
     "prediction_files",
     "prediction_stems",
