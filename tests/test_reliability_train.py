@@ -398,6 +398,7 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(data_dir, t
     for k, v in b["state_dict"].items():
         assert torch.equal(a[k], v), k
     assert _lasts(run) == ["last.ckpt"] and _step(last) == STEPS
+
     # Same best checkpoints by step and score. The epoch in the name may read one lower after a
     # resume from an epoch's last batch (Lightning's counter; data, steps and weights are exact).
     def steps_and_scores(folder: Path) -> list[str]:

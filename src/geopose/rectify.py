@@ -14,8 +14,10 @@ keys, no loop over pixels (``benchmarks/bench_rectify.py``: about 0.2 s for 2048
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,6 +240,39 @@ def write_rectified(
     return paths
 
 
+def is_scene(
+    rgb_path: str | Path | None,
+    agl_path: str | Path,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
+) -> bool:
+    """Whether :func:`rectify_files` works window by window (:func:`rectify_windowed`): when
+    ``bands``/``stretch`` is given, when the image is a VRT, not 8-bit RGB(A), or not a format
+    ``read_rgb`` reads, or when the AGL is larger than :data:`WINDOWED_SIDE` px on a side."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from geopose.io.rasters import RGB_SUFFIXES
+
+    if rgb_path is not None:
+        if bands is not None or stretch is not None:
+            return True
+        if Path(rgb_path).suffix.lower() not in RGB_SUFFIXES:
+            return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning
+            with rasterio.open(agl_path) as src:
+                if max(src.width, src.height) > WINDOWED_SIDE:
+                    return True
+            if rgb_path is not None:
+                with rasterio.open(rgb_path) as src:
+                    return src.count < 3 or src.dtypes[0] != "uint8"
+    except (RasterioError, OSError):
+        return False  # the whole-image readers report the problem
+    return False
+
+
 def rectify_files(
     rgb_path: str | Path | None,
     agl_path: str | Path,
@@ -246,11 +281,19 @@ def rectify_files(
     stem: str | None = None,
     overwrite: bool = False,
     fill_holes: bool = True,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
 ) -> dict[str, Path]:
     """Read an RGB (optional), its AGL tif and VFLOW json, rectify, write to ``out_dir``.
 
     ``stem`` defaults to the RGB's (or AGL's) name without ``_RGB``/``_AGL`` and suffix.
     Outputs are GeoTIFFs when the RGB (or, without RGB, the AGL) is georeferenced.
+
+    Scenes (:func:`is_scene`: large, multi-band, 16-bit, VRT, or ``bands``/``stretch`` given)
+    are rectified window by window by :func:`rectify_windowed` into COGs (``.tif`` always;
+    ``{stem}_NADIR_AGL.tif`` float32 metres, NaN where occluded), the image read through
+    ``geopose.io.scene.Scene(rgb_path, bands, stretch, nodata)``.
     """
     from geopose.io import split_name
 
@@ -259,6 +302,19 @@ def rectify_files(
     if stem is None:
         parsed = split_name(ref_path)
         stem = parsed[0] if parsed else ref_path.name.split(".", 1)[0]
+    if is_scene(rgb_path, agl_path, bands, stretch):
+        return _rectify_scene_files(
+            rgb_path,
+            agl_path,
+            vflow_path,
+            out_dir,
+            stem,
+            overwrite,
+            fill_holes,
+            bands,
+            stretch,
+            nodata,
+        )
     agl = read_agl(agl_path)
     rgb = read_rgb(rgb_path) if rgb_path is not None else None
     if rgb is not None and rgb.shape[:2] != agl.shape:
@@ -270,6 +326,223 @@ def rectify_files(
     angle, scale = read_vflow(vflow_path)
     rect = rectify(rgb, agl, angle, scale, fill_holes=fill_holes)
     return write_rectified(out_dir, stem, rect, read_georef(ref_path), overwrite=overwrite)
+
+
+# --- scenes: windowed ----------------------------------------------------------------------
+
+WINDOW = 1024
+"""Side (px) of the output windows of :func:`rectify_windowed`."""
+WINDOWED_SIDE = 2048
+"""``rectify_files`` rectifies window by window when the AGL has a side longer than this (px)."""
+
+
+def rectify_halo(max_agl: float, angle: float, scale: float) -> tuple[int, int]:
+    """Rows and columns (px) of source pixels around an output window that can land in it or
+    in the one-pixel ring gap filling looks at: the largest flow ``max_agl · scale`` (m · px/m)
+    along each axis, plus the rounding of footprints and that ring."""
+    mag = max(float(max_agl), 0.0) * abs(float(scale))
+    return (
+        math.ceil(mag * abs(math.cos(angle))) + 2,
+        math.ceil(mag * abs(math.sin(angle))) + 2,
+    )
+
+
+def _read_agl_window(src, window) -> np.ndarray:
+    """One window of an AGL raster as float32 metres with NaN (uint16 cm or float m)."""
+    from geopose.io import agl_to_m
+
+    arr = src.read(1, window=window)
+    out = agl_to_m(arr)
+    if src.nodata is not None and arr.dtype != np.uint16 and math.isfinite(src.nodata):
+        out[arr == src.nodata] = np.nan
+    return out
+
+
+def _max_agl(src, rows: int = 2048) -> float:
+    """The largest finite height (m) of an AGL raster, read strip by strip."""
+    from rasterio.windows import Window
+
+    top = 0.0
+    for r0 in range(0, src.height, rows):
+        agl = _read_agl_window(src, Window(0, r0, src.width, min(rows, src.height - r0)))
+        if np.isfinite(agl).any():
+            top = max(top, float(np.nanmax(agl)))
+    return top
+
+
+def rectify_windowed(
+    agl_path: str | Path,
+    angle: float,
+    scale: float,
+    out_dir: str | Path,
+    stem: str,
+    scene=None,
+    overwrite: bool = False,
+    fill_holes: bool = True,
+    max_agl: float | None = None,
+    window: int = WINDOW,
+    blocksize: int = 512,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Rectify a scene of any size window by window into COGs (bounded memory).
+
+    ``agl_path``: the scene's AGL raster (float32 m with NaN, or uint16 cm), georeferenced or
+    not; ``angle`` rad, ``scale`` px/m; ``scene``: an open ``geopose.io.scene.Scene`` of the
+    same size for the RGB (its stretched display bands), or None for heights only.
+    ``max_agl`` (m): the largest height, read from the AGL when None.
+
+    Each ``window``-px output window is rectified by :func:`rectify` from the window plus a
+    halo of the largest flow (:func:`rectify_halo`), of which the window's interior is kept:
+    every pixel that can land in the window (or in the ring gap filling reads) is in the halo,
+    and the z-buffer's ties break by source position in the same order, so the result equals
+    rectifying the whole scene at once, pixel for pixel.
+
+    Writes, with the AGL's CRS and transform: ``{stem}_NADIR_RGB.tif`` (3 bands uint8, 0 where
+    occluded; only with ``scene``), ``{stem}_NADIR_AGL.tif`` (float32 m, NaN where occluded) and
+    ``{stem}_OCCLUDED.tif`` (uint8, 255 = no pixel landed there), tiled COGs with overviews,
+    each atomically; returns their paths. ``on_progress("rectify", done, total)`` per window.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from geopose.io.cog import BlockWriter
+
+    if not (math.isfinite(angle) and math.isfinite(scale)):
+        raise ValueError(f"angle={angle} and scale={scale} must be finite")
+    paths = output_paths(out_dir, stem, geo=True)
+    if scene is None:
+        del paths["rgb"]
+    if not overwrite:
+        from geopose.errors import OutputExistsError
+
+        for p in paths.values():
+            if p.exists():
+                raise OutputExistsError(p)
+    window = max(blocksize, window // blocksize * blocksize)
+    with rasterio.open(agl_path) as src:
+        h, w = src.height, src.width
+        if scene is not None and (scene.height, scene.width) != (h, w):
+            raise GeoposeDataError(
+                agl_path,
+                f"AGL is {w}×{h} px but the image {scene.path} is {scene.width}×{scene.height} px",
+            )
+        georef = Georef(src.crs, src.transform) if src.crs is not None else None
+        top = _max_agl(src) if max_agl is None else float(max_agl)
+        hy, hx = rectify_halo(top, angle, scale)
+        boxes = [(r, c) for r in range(0, h, window) for c in range(0, w, window)]
+        nan = float("nan")
+        ensure_output_dir(Path(out_dir))
+        with contextlib.ExitStack() as stack:
+            out = {
+                "agl": BlockWriter(
+                    paths["agl"],
+                    w,
+                    h,
+                    1,
+                    "float32",
+                    georef,
+                    nodata=nan,
+                    overwrite=True,
+                    blocksize=blocksize,
+                ),
+                "occluded": BlockWriter(
+                    paths["occluded"], w, h, 1, "uint8", georef, overwrite=True, blocksize=blocksize
+                ),
+            }
+            if scene is not None:
+                out["rgb"] = BlockWriter(
+                    paths["rgb"],
+                    w,
+                    h,
+                    3,
+                    "uint8",
+                    georef,
+                    overwrite=True,
+                    blocksize=blocksize,
+                    band_names=["red", "green", "blue"],
+                )
+            for writer in out.values():
+                stack.enter_context(writer)
+            for k, (r, c) in enumerate(boxes):
+                n_r, n_c = min(window, h - r), min(window, w - c)
+                r0, c0 = max(r - hy, 0), max(c - hx, 0)
+                r1, c1 = min(r + n_r + hy, h), min(c + n_c + hx, w)
+                ext = Window(c0, r0, c1 - c0, r1 - r0)
+                agl = _read_agl_window(src, ext)
+                rgb = scene.read(ext, boundless=False)[0] if scene is not None else None
+                rect = rectify(rgb, agl, angle, scale, fill_holes=fill_holes)
+                ys, xs = slice(r - r0, r - r0 + n_r), slice(c - c0, c - c0 + n_c)
+                win = Window(c, r, n_c, n_r)
+                out["agl"].write(rect.agl[ys, xs][None], win)
+                occluded = rect.occluded[ys, xs].astype(np.uint8) * np.uint8(255)
+                out["occluded"].write(occluded[None], win)
+                if scene is not None:
+                    out["rgb"].write(np.moveaxis(rect.rgb[ys, xs], -1, 0), win)
+                if on_progress is not None:
+                    on_progress("rectify", k + 1, len(boxes))
+    return paths
+
+
+def _rectify_scene_files(
+    rgb_path: str | Path | None,
+    agl_path: str | Path,
+    vflow_path: str | Path,
+    out_dir: str | Path,
+    stem: str,
+    overwrite: bool,
+    fill_holes: bool,
+    bands: Sequence[int] | None,
+    stretch: str | None,
+    nodata: float | None,
+) -> dict[str, Path]:
+    """:func:`rectify_files` for a scene: checked inputs, then :func:`rectify_windowed`."""
+    from rasterio.errors import RasterioError
+
+    from geopose.io.scene import Scene
+
+    angle, scale = read_vflow(vflow_path)
+    if not Path(agl_path).is_file():
+        raise GeoposeDataError(agl_path, "file not found")
+    scene = None
+    if rgb_path is not None:
+        scene = Scene(rgb_path, bands=bands, stretch=stretch or "auto", nodata=nodata)
+    try:
+        return rectify_windowed(
+            agl_path,
+            angle,
+            scale,
+            out_dir,
+            stem,
+            scene=scene,
+            overwrite=overwrite,
+            fill_holes=fill_holes,
+        )
+    except RasterioError as exc:
+        raise GeoposeDataError(agl_path, f"unreadable raster ({exc})") from exc
+    finally:
+        if scene is not None:
+            scene.close()
+
+
+_IMAGE_SUFFIXES = (".j2k", ".jp2", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".vrt")
+
+
+def find_image(images_dir: str | Path, stem: str) -> Path:
+    """The image of a prediction ``stem``: ``{stem}_RGB.*`` (``geopose.io.find_rgb``), else an
+    image named ``{stem}.*`` (a scene: ``.tif``, ``.jp2``, ``.vrt``, ...) in ``images_dir`` or
+    its ``test/``/``train/``."""
+    from geopose.io import find_rgb
+
+    try:
+        return find_rgb(images_dir, stem)
+    except GeoposeDataError:
+        images_dir = Path(images_dir)
+        for folder in (images_dir, images_dir / "test", images_dir / "train"):
+            for suffix in _IMAGE_SUFFIXES:
+                p = folder / f"{stem}{suffix}"
+                if p.is_file():
+                    return p
+        raise
 
 
 @dataclass
@@ -289,6 +562,9 @@ def rectify_folder(
     overwrite: bool = False,
     fill_holes: bool = True,
     on_done: Callable[[str, str], None] | None = None,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
 ) -> FolderSummary:
     """Rectify every complete prediction (``{stem}_AGL.tif`` + ``_VFLOW.json``) of ``pred_dir``
     with its ``{stem}_RGB.*`` from ``images_dir`` (optional) into ``out_dir``.
@@ -297,9 +573,11 @@ def rectify_folder(
     resumes; partial outputs are redone). An image whose input cannot be read
     (:class:`GeoposeDataError`) goes to ``failed`` and the others go on; any other error
     stops the run. ``on_done(stem, status)`` follows each image (``written``, ``skipped``,
-    ``failed``).
+    ``failed``). Scenes (:func:`is_scene`; their images may also be named ``{stem}.tif``,
+    ``.jp2``, ``.vrt``: :func:`find_image`) are rectified window by window, read with
+    ``bands``, ``stretch`` and ``nodata``.
     """
-    from geopose.io import agl_name, find_rgb, prediction_stems, vflow_name
+    from geopose.io import agl_name, prediction_stems, vflow_name
 
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     check_output_dir(out_dir)
@@ -312,9 +590,10 @@ def rectify_folder(
     summary = FolderSummary()
     for stem in stems:
         try:
-            rgb = find_rgb(images_dir, stem) if images_dir is not None else None
+            rgb = find_image(images_dir, stem) if images_dir is not None else None
             ref = rgb if rgb is not None else pred_dir / agl_name(stem)
-            paths = output_paths(out_dir, stem, read_georef(ref) is not None)
+            scene = is_scene(rgb, pred_dir / agl_name(stem), bands, stretch)
+            paths = output_paths(out_dir, stem, scene or read_georef(ref) is not None)
             if rgb is None:
                 del paths["rgb"]
             if not overwrite and all(p.is_file() for p in paths.values()):
@@ -330,6 +609,9 @@ def rectify_folder(
                     stem=stem,
                     overwrite=True,
                     fill_holes=fill_holes,
+                    bands=bands,
+                    stretch=stretch,
+                    nodata=nodata,
                 )
                 summary.written.append(stem)
                 status = "written"

@@ -10,6 +10,31 @@ from rich.markup import escape
 from geopose.cli.app import app, console, err_console, fail
 
 TTA_MODES = ("none", "flip", "d2", "d4")
+_STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"
+
+
+def scene_options(
+    bands: str | None, stretch: str | None
+) -> tuple[tuple[int, ...] | None, str | None]:
+    """Check ``--bands``/``--stretch`` (one error line and exit 1 when malformed)."""
+    import re
+
+    from geopose.errors import ConfigError
+    from geopose.io.scene import parse_bands
+
+    parsed = None
+    if bands is not None:
+        try:
+            parsed = parse_bands(bands)
+        except ConfigError as exc:
+            fail(f"--bands: {exc}")
+        if len(parsed) not in (1, 3):
+            fail(f"--bands {bands!r}: give three bands (red, green, blue) or one (grey)")
+    if stretch is not None:
+        stretch = stretch.strip().lower()
+        if not re.match(_STRETCH_RE, stretch):
+            fail(f"--stretch {stretch!r}: use auto, none, minmax or pLOW-HIGH (e.g. p2-98)")
+    return parsed, stretch
 
 
 @app.command()
@@ -70,13 +95,47 @@ def predict(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo images whose outputs exist (default: skip them)."
     ),
+    bands: str | None = typer.Option(
+        None,
+        "--bands",
+        help="Bands shown to the model as R,G,B (1-based, e.g. 5,3,2 for WorldView-3; one "
+        "band for grey). Default: from the file's colour/band names, else 1,2,3. Makes every "
+        "image a scene.",
+        show_default=False,
+    ),
+    stretch: str | None = typer.Option(
+        None,
+        "--stretch",
+        help="DN -> 8-bit per band, one stretch per scene: auto (8-bit as is, else p2-98), "
+        "none, pLOW-HIGH percentiles (p1-99), minmax. Makes every image a scene.",
+        show_default=False,
+    ),
+    nodata: float | None = typer.Option(
+        None,
+        "--nodata",
+        help="DN meaning no data in scenes (default: the file's nodata value / mask).",
+        show_default=False,
+    ),
+    rectify: bool = typer.Option(
+        False,
+        "--rectify",
+        help="Also write each scene's nadir view: _NADIR_RGB.tif, _NADIR_AGL.tif, "
+        "_OCCLUDED.tif (georeferenced inputs become scenes; plain images are not rectified: "
+        "geopose rectify does them).",
+    ),
+    scene_tile: int = typer.Option(
+        1024, "--scene-tile", min=64, help="Tile side (px) of scene prediction."
+    ),
 ) -> None:
     """Predict AGL, angle and scale for every image of a folder.
 
     Per image: {stem}_AGL.tif (uint16 cm) and {stem}_VFLOW.json; a georeferenced GeoTIFF input
     gets float32-metre _AGL.tif and 2-band _FLOW.tif GeoTIFFs with its CRS and transform, plus
-    the json. Re-runs skip finished images; under torchrun each rank predicts its own shard.
-    Unreadable images (or without a GSD) are listed at the end and make the exit status 1.
+    the json. Satellite scenes (georeferenced, not 8-bit RGB or larger than --tile-size; .vrt;
+    any image with --bands/--stretch) are predicted window by window in bounded memory into
+    Cloud-Optimized GeoTIFFs, with one direction and scale per scene. Re-runs skip finished
+    images; under torchrun each rank predicts its own shard. Unreadable images (or without a
+    GSD) are listed at the end and make the exit status 1.
     """
     import torch
     from rich.progress import (
@@ -94,6 +153,7 @@ def predict(
 
     if tta is not None and tta not in TTA_MODES:
         fail(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    band_list, stretch = scene_options(bands, stretch)
     members, authors_tta = expand_specs([(p, 1.0) for p in [*(checkpoints or []), *(model or [])]])
     if ensemble is not None:
         members += read_ensemble_spec(ensemble)
@@ -120,6 +180,14 @@ def predict(
         disable=not main,
     ) as bar:
         task = bar.add_task("predicting", total=None)
+        inner = {"task": None}
+
+        def scene_progress(job, stage: str, done: int, total: int) -> None:
+            what = f"{job.stem}: {stage}"
+            if inner["task"] is None:
+                inner["task"] = bar.add_task(what, total=total)
+            bar.update(inner["task"], description=what, completed=done, total=total)
+
         report = run_predict(
             members,
             images,
@@ -135,6 +203,13 @@ def predict(
             overwrite=overwrite,
             on_start=lambda n: bar.update(task, total=n),
             on_done=lambda job, status: bar.advance(task),
+            bands=band_list,
+            stretch=stretch,
+            nodata=nodata,
+            rectify=rectify,
+            scene_tile=scene_tile,
+            scene_overlap=max(16, scene_tile // 8),
+            on_scene_progress=scene_progress,
         )
     if report is None:  # not rank 0
         return

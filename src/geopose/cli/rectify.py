@@ -10,18 +10,26 @@ from geopose.cli.app import app, console, err_console, fail
 
 
 def _one(
-    rgb: Path | None, agl: Path | None, vflow: Path | None, out: Path, overwrite: bool, fill: bool
+    rgb: Path | None,
+    agl: Path | None,
+    vflow: Path | None,
+    out: Path,
+    overwrite: bool,
+    fill: bool,
+    scene: dict,
 ) -> None:
     from geopose.rectify import rectify_files
 
     if agl is None or vflow is None:
         fail("one image needs --agl AGL.tif and --vflow VFLOW.json (or use --images/--pred)")
-    paths = rectify_files(rgb, agl, vflow, out, overwrite=overwrite, fill_holes=fill)
+    paths = rectify_files(rgb, agl, vflow, out, overwrite=overwrite, fill_holes=fill, **scene)
     for kind, p in paths.items():
         console.print(f"{kind:9s} {p}", highlight=False)
 
 
-def _folder(images: Path | None, pred: Path, out: Path, overwrite: bool, fill: bool) -> None:
+def _folder(
+    images: Path | None, pred: Path, out: Path, overwrite: bool, fill: bool, scene: dict
+) -> None:
     from rich.markup import escape
     from rich.progress import Progress
 
@@ -37,6 +45,7 @@ def _folder(images: Path | None, pred: Path, out: Path, overwrite: bool, fill: b
             overwrite=overwrite,
             fill_holes=fill,
             on_done=lambda stem, status: bar.advance(task),
+            **scene,
         )
     done = f", {len(summary.skipped)} already done" if summary.skipped else ""
     console.print(
@@ -58,7 +67,7 @@ def _folder(images: Path | None, pred: Path, out: Path, overwrite: bool, fill: b
 @app.command("rectify")
 def rectify_cmd(
     rgb: Path | None = typer.Argument(
-        None, help="One oblique RGB image (.j2k/.tif/.png); omit for heights only."
+        None, help="One oblique image (.j2k/.tif/.png/.jp2/.vrt); omit for heights only."
     ),
     agl: Path | None = typer.Option(None, "--agl", help="AGL tif of the one image (m or cm)."),
     vflow: Path | None = typer.Option(None, "--vflow", help="VFLOW json of the one image."),
@@ -73,18 +82,42 @@ def rectify_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     no_fill: bool = typer.Option(False, "--no-fill", help="Leave one-pixel sampling gaps empty."),
+    bands: str | None = typer.Option(
+        None,
+        "--bands",
+        help="Scene bands shown as R,G,B (1-based, e.g. 3,2,1); makes the image a scene.",
+        show_default=False,
+    ),
+    stretch: str | None = typer.Option(
+        None,
+        "--stretch",
+        help="Scene DN -> 8-bit: auto, none, pLOW-HIGH (p2-98), minmax; makes it a scene.",
+        show_default=False,
+    ),
+    nodata: float | None = typer.Option(
+        None,
+        "--nodata",
+        help="DN meaning no data in a scene (default: the file's).",
+        show_default=False,
+    ),
 ) -> None:
     """Rectify oblique images to nadir: every pixel moves by its flow to its ground footprint.
 
     Writes {stem}_NADIR_RGB.png, {stem}_NADIR_AGL.tif (uint16 cm, 65535 = occluded) and
     {stem}_OCCLUDED.png (255 = no pixel landed there); GeoTIFFs (.tif, same CRS and transform)
-    when the input is georeferenced.
+    when the input is georeferenced. Scenes (larger than 2048 px, multi-band or 16-bit images,
+    .vrt, --bands/--stretch) are rectified window by window into Cloud-Optimized GeoTIFFs
+    (NADIR_AGL float32 metres, NaN = occluded).
     """
+    from geopose.cli.predict import scene_options
+
+    band_list, stretch = scene_options(bands, stretch)
+    scene = {"bands": band_list, "stretch": stretch, "nodata": nodata}
     if pred is not None:
         if rgb is not None or agl is not None or vflow is not None:
             fail("use either RGB --agl --vflow (one image) or --pred [--images] (a folder)")
-        _folder(images, pred, out, overwrite, not no_fill)
+        _folder(images, pred, out, overwrite, not no_fill, scene)
     elif images is not None:
         fail("--images needs --pred PRED_DIR (the AGL and VFLOW of each image)")
     else:
-        _one(rgb, agl, vflow, out, overwrite, not no_fill)
+        _one(rgb, agl, vflow, out, overwrite, not no_fill, scene)

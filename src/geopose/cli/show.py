@@ -22,13 +22,39 @@ def _stem_of(path: Path) -> str:
     return parsed[0] if parsed else path.name.split(".", 1)[0]
 
 
-def _image_figures(jobs: list[tuple], truth: Path | None, out: Path, overwrite: bool) -> None:
-    """``jobs``: (stem, rgb path or None, agl path, vflow path) -> ``OUT/{stem}_figure.png``."""
+def _scene_figure(stem: str, rgb_p, agl_p, vflow_p, truth: Path | None, scene: dict):
+    """The figure of a scene, read decimated (:func:`geopose.viz.figures.read_scene_for_figure`):
+    scales (px/m) are multiplied by the decimation factor, truth read on the same grid."""
+    from geopose.io import agl_name, read_vflow, vflow_name
+    from geopose.viz import image_figure
+    from geopose.viz.figures import Truth, read_decimated_agl, read_scene_for_figure
+
+    rgb, agl, factor = read_scene_for_figure(rgb_p, agl_p, **scene)
+    angle, scale = read_vflow(vflow_p)
+    true = None
+    if truth is not None:
+        t_agl, t_factor = read_decimated_agl(truth / agl_name(stem))
+        t_angle, t_scale = read_vflow(truth / vflow_name(stem))
+        true = Truth(t_agl, t_angle, t_scale * t_factor)
+    title = stem if factor == 1 else f"{stem} (1:{1 / factor:.3g})"
+    return image_figure(rgb, agl, angle, scale * factor, title=title, truth=true)
+
+
+def _image_figures(
+    jobs: list[tuple], truth: Path | None, out: Path, overwrite: bool, scene: dict | None = None
+) -> None:
+    """``jobs``: (stem, rgb path or None, agl path, vflow path) -> ``OUT/{stem}_figure.png``.
+
+    Scenes (``geopose.rectify.is_scene``: larger than 2048 px, multi-band or 16-bit, .vrt,
+    ``scene`` bands/stretch given) are read decimated to at most 2048 px a side."""
     from rich.progress import Progress
 
     from geopose.errors import OutputExistsError
     from geopose.io import read_agl, read_rgb, read_vflow
+    from geopose.rectify import is_scene
     from geopose.viz import image_figure, save_figure
+
+    scene = scene or {"bands": None, "stretch": None, "nodata": None}
 
     targets = [out / f"{stem}_figure.png" for stem, *_ in jobs]
     if not overwrite:
@@ -38,6 +64,11 @@ def _image_figures(jobs: list[tuple], truth: Path | None, out: Path, overwrite: 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("figures", total=len(jobs))
         for (stem, rgb_p, agl_p, vflow_p), target in zip(jobs, targets, strict=True):
+            if is_scene(rgb_p, agl_p, scene["bands"], scene["stretch"]):
+                fig = _scene_figure(stem, rgb_p, agl_p, vflow_p, truth, scene)
+                save_figure(fig, target, overwrite=overwrite)
+                bar.advance(task)
+                continue
             rgb = read_rgb(rgb_p) if rgb_p is not None else None
             angle, scale = read_vflow(vflow_p)
             fig = image_figure(
@@ -97,24 +128,48 @@ def show(
     limit: int = typer.Option(0, "--limit", help="At most this many image figures (0 = all)."),
     out: Path = typer.Option(..., "--out", help="Output folder for the PNG figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing figures."),
+    bands: str | None = typer.Option(
+        None,
+        "--bands",
+        help="Scene bands shown as R,G,B (1-based, e.g. 3,2,1).",
+        show_default=False,
+    ),
+    stretch: str | None = typer.Option(
+        None,
+        "--stretch",
+        help="Scene DN -> 8-bit: auto, none, pLOW-HIGH (p2-98), minmax.",
+        show_default=False,
+    ),
+    nodata: float | None = typer.Option(
+        None,
+        "--nodata",
+        help="DN meaning no data in a scene (default: the file's).",
+        show_default=False,
+    ),
 ) -> None:
     """Draw figures: per image RGB | AGL | MAG | flow arrows | rectified RGB | rectified AGL
     (with --truth also error maps and a predicted-vs-true height hexbin), per-city score bars,
-    training curves. Writes OUT/{stem}_figure.png, OUT/scores.png, OUT/training.png."""
+    training curves. Writes OUT/{stem}_figure.png, OUT/scores.png, OUT/training.png.
+    Scenes (large, multi-band, 16-bit, .vrt) are read decimated from their overviews."""
+    from geopose.cli.predict import scene_options
     from geopose.io import agl_name, vflow_name
+
+    band_list, stretch = scene_options(bands, stretch)
+    scene = {"bands": band_list, "stretch": stretch, "nodata": nodata}
 
     jobs: list[tuple] = []
     if pred is not None:
         if rgb is not None or agl is not None or vflow is not None:
             fail("use either RGB --agl --vflow (one image) or --pred [--images] (a folder)")
-        from geopose.io import find_rgb, prediction_stems
+        from geopose.io import prediction_stems
+        from geopose.rectify import find_image
 
         stems = prediction_stems(pred)
         if not stems:
             fail(f"{pred}: no complete prediction ({{stem}}_AGL.tif + {{stem}}_VFLOW.json)")
         stems = stems[:limit] if limit > 0 else stems
         for s in stems:
-            rgb_p = find_rgb(images, s) if images is not None else None
+            rgb_p = find_image(images, s) if images is not None else None
             jobs.append((s, rgb_p, pred / agl_name(s), pred / vflow_name(s)))
     elif agl is not None or vflow is not None or rgb is not None:
         if agl is None or vflow is None:
@@ -134,7 +189,7 @@ def show(
         if src is not None and not overwrite and (out / name).exists():
             raise OutputExistsError(out / name)
     if jobs:
-        _image_figures(jobs, truth, out, overwrite)
+        _image_figures(jobs, truth, out, overwrite, scene)
     if scores is not None:
         fig = score_bars(_read_scores(scores), title=f"Scores per city: {scores.name}")
         console.print(f"{save_figure(fig, out / 'scores.png', overwrite)}", highlight=False)

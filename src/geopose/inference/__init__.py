@@ -1,5 +1,6 @@
 """Inference: D4 test-time augmentation, tiled full-size prediction, ensembles, folders of
-images to competition submissions or GeoTIFFs, sharded over torchrun ranks.
+images to competition submissions or GeoTIFFs, sharded over torchrun ranks, satellite scenes of
+any size window by window into COGs (``predict_scene``).
 
 >>> from geopose.inference import Predictor
 >>> predictor, _ = Predictor.from_checkpoints([("best.ckpt", 1.0)], tta="d4", device="cuda")
@@ -17,6 +18,7 @@ from geopose.inference.predictor import (
     resolve_jobs,
 )
 from geopose.inference.run import PredictReport, run_predict
+from geopose.inference.scene import SceneResult, predict_scene
 from geopose.inference.tiling import predict_tiled, tile_starts
 from geopose.inference.tta import (
     TTA_VIEWS,
@@ -36,6 +38,7 @@ __all__ = [
     "PredictReport",
     "Predictor",
     "RunSummary",
+    "SceneResult",
     "average_outputs",
     "d4_direction",
     "d4_direction_inverse",
@@ -44,6 +47,7 @@ __all__ = [
     "load_ensemble",
     "mean_direction",
     "predict_jobs",
+    "predict_scene",
     "predict_tiled",
     "predict_tta",
     "read_ensemble_spec",

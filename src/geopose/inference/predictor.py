@@ -77,6 +77,9 @@ class ImageJob:
     gsd: float
     city: int
     georef: Georef | None = None
+    scene: bool = False
+    """Predicted as a scene (``geopose.inference.scene.predict_scene``: windowed, any bands
+    and bit depth, COG outputs) instead of whole in memory; see :func:`is_scene_input`."""
 
 
 def image_stem(path: Path) -> str:
@@ -87,21 +90,29 @@ def image_stem(path: Path) -> str:
     return path.name.split(".", 1)[0]
 
 
+SCENE_SUFFIXES = (".vrt",)
+"""Raster formats only scene prediction reads (GDAL virtual rasters: mosaics, band subsets)."""
+GEO_SUFFIXES = (*TIFF_SUFFIXES, ".jp2", ".vrt")
+"""Formats whose georeference (CRS, transform) is read: GeoTIFF/COG, GMLJP2/GeoJP2, VRT."""
+
+
 def find_images(images_dir: str | Path) -> list[Path]:
-    """RGB images (.j2k/.jp2/.tif/.png/...) of a folder, sorted by name; hidden files skipped."""
+    """Images (.j2k/.jp2/.tif/.png/.vrt/...) of a folder, sorted by name; hidden files skipped."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise GeoposeDataError(images_dir, "images folder not found")
+    suffixes = (*RGB_SUFFIXES, *SCENE_SUFFIXES)
     files = [
         p
         for p in images_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RGB_SUFFIXES
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
     ]
-    # Skip the other files of the layout (AGL/VFLOW truth, NADIR_*) and our own _FLOW.tif.
+    # Skip the other files of the layout (AGL/VFLOW truth, NADIR_*) and our own outputs.
     keep = [
         p
         for p in files
-        if ((s := split_name(p)) is None or s[1] == "RGB") and not image_stem(p).endswith("_FLOW")
+        if ((s := split_name(p)) is None or s[1] == "RGB")
+        and not image_stem(p).endswith(("_FLOW", "_OCCLUDED"))
     ]
     return sorted(keep, key=lambda p: p.name)
 
@@ -147,8 +158,41 @@ def georef_gsd(georef: Georef) -> float | None:
 
 
 def image_georef(path: Path) -> Georef | None:
-    """The georeference of a GeoTIFF input (None for other formats or no CRS)."""
-    return read_georef(path) if path.suffix.lower() in TIFF_SUFFIXES else None
+    """The georeference of a GeoTIFF, JPEG 2000 (.jp2) or VRT input (None for other formats
+    or no CRS)."""
+    return read_georef(path) if path.suffix.lower() in GEO_SUFFIXES else None
+
+
+def is_scene_input(
+    path: Path,
+    georef: Georef | None,
+    tile_size: int = 0,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
+    rectify: bool = False,
+) -> bool:
+    """Whether an image is predicted as a scene (windowed, COG outputs) rather than whole.
+
+    A scene is: any image when ``bands`` or ``stretch`` is given, and any VRT; a
+    georeferenced image that is not 3-band 8-bit, is larger than ``tile_size`` px on a side
+    (``tile_size`` > 0), or when ``rectify`` is asked for. Other images (plain 8-bit RGB, and
+    small georeferenced 8-bit RGB GeoTIFFs) keep the whole-image path.
+    """
+    if bands is not None or stretch is not None or path.suffix.lower() in SCENE_SUFFIXES:
+        return True
+    if georef is None:
+        return False
+    if rectify:
+        return True
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            shape = (src.count, src.dtypes[0], max(src.width, src.height))
+    except Exception:  # unreadable: the whole-image path reports it (failed, one line)
+        return False
+    count, dtype, side = shape
+    return count != 3 or dtype != "uint8" or (tile_size > 0 and side > tile_size)
 
 
 def resolve_jobs(
@@ -156,12 +200,18 @@ def resolve_jobs(
     gsd: float | None = None,
     city: str | int | None = None,
     failed: list[tuple[str, str]] | None = None,
+    tile_size: int = 0,
+    bands: Sequence[int] | None = None,
+    stretch: str | None = None,
+    rectify: bool = False,
 ) -> list[ImageJob]:
     """Every image of ``images_dir`` with its GSD and city (see the module doc), sorted by stem.
 
     Raises :class:`GeoposeDataError` for a folder without images, two images with one output
     name, and (when ``failed`` is None) the first image without a GSD; given a list
     ``failed``, images without a GSD are appended to it as ``(stem, reason)`` and left out.
+    ``tile_size``, ``bands``, ``stretch`` and ``rectify`` mark the jobs predicted as scenes
+    (:func:`is_scene_input`; by default only VRTs are).
     """
     images_dir = Path(images_dir)
     paths = find_images(images_dir)
@@ -175,9 +225,10 @@ def resolve_jobs(
             raise GeoposeDataError(path, f"same output name {stem!r} as {stems[stem].name}")
         stems[stem] = path
         georef = image_georef(path)
+        scene = is_scene_input(path, georef, tile_size, bands, stretch, rectify)
         if stem in meta:
             m_city, m_gsd = meta[stem]
-            jobs.append(ImageJob(path, stem, m_gsd, city_index(m_city), georef))
+            jobs.append(ImageJob(path, stem, m_gsd, city_index(m_city), georef, scene))
             continue
         g = (georef_gsd(georef) if georef is not None else None) or gsd
         if g is None or not g > 0:
@@ -193,7 +244,7 @@ def resolve_jobs(
         c = city_index(city) if city is not None else -1
         if c < 0 and georef is None:
             c = city_index(city_of(stem))
-        jobs.append(ImageJob(path, stem, float(g), c, georef))
+        jobs.append(ImageJob(path, stem, float(g), c, georef, scene))
     return sorted(jobs, key=lambda j: j.stem)
 
 
@@ -258,6 +309,17 @@ def write_outputs(
     write_geotiff(paths[1], flow.astype(np.float32), job.georef, nan, overwrite)
     write_vflow(paths[2], pred.angle, pred.scale, overwrite)
     return paths
+
+
+@dataclass
+class TileOutputs:
+    """Raw results of :meth:`Predictor.predict_tiles` for N tiles of h×w px: ``agl`` N×h×w
+    float32 m (not clipped), ``direction`` N×2 float64 (unit, or (0, 0): no evidence),
+    ``scale`` N float64 px/m."""
+
+    agl: np.ndarray
+    direction: np.ndarray
+    scale: np.ndarray
 
 
 # --- the predictor ----------------------------------------------------------------------------
@@ -360,6 +422,29 @@ class Predictor:
             angle=float(vector_to_angle(direction)),
             scale=float(out.scale[0]),
         )
+
+    @torch.inference_mode()
+    def predict_tiles(self, tiles: np.ndarray, gsd: float, city: int = -1) -> TileOutputs:
+        """Predict a stack of same-sized tiles (N×h×w×3 uint8) with the ensemble and TTA, in
+        batches of ``max_batch // views`` tiles (as tiled prediction does), without blending.
+
+        Returns the raw per-tile results: AGL N×h×w float32 metres (not clipped), direction
+        N×2 float64 (TTA-averaged unit vector, or (0, 0) when a tile holds no evidence of it)
+        and scale N float64 px/m. ``gsd`` m/px, ``city`` index (-1 unknown).
+        """
+        x = torch.from_numpy(np.require(tiles, requirements=["C"])).permute(0, 3, 1, 2)
+        per_call = max(1, self.max_batch // len(tta_views(self.tta)))
+        agl, direction, scale = [], [], []
+        for i in range(0, x.shape[0], per_call):
+            batch = x[i : i + per_call].to(self.device).float().div_(255.0)
+            n = batch.shape[0]
+            g = torch.full((n,), float(gsd), dtype=torch.float32, device=self.device)
+            c = torch.full((n,), int(city), dtype=torch.long, device=self.device)
+            out = self._predict_batch(batch, g, c)
+            agl.append(out.agl[:, 0].float().cpu().numpy())
+            direction.append(out.direction.double().cpu().numpy())
+            scale.append(out.scale.double().cpu().numpy().reshape(n))
+        return TileOutputs(np.concatenate(agl), np.concatenate(direction), np.concatenate(scale))
 
     @classmethod
     def from_checkpoints(

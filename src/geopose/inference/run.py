@@ -10,6 +10,7 @@ from pathlib import Path
 from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.inference import distributed as dist
 from geopose.inference.predictor import ImageJob, Predictor, RunSummary, predict_jobs, resolve_jobs
+from geopose.inference.scene import SCENE_OVERLAP, SCENE_TILE, predict_scene_jobs
 from geopose.io import check_output_dir, check_output_file, pack_submission
 
 
@@ -46,12 +47,24 @@ class PredictReport:
 def _check_tar(jobs: Sequence[ImageJob], tar: Path, overwrite: bool) -> None:
     if tar.exists() and not overwrite:
         raise OutputExistsError(tar)
-    geo = [j.path for j in jobs if j.georef is not None]
+    geo = [j.path for j in jobs if j.georef is not None or j.scene]
     if geo:
         raise GeoposeDataError(
             geo[0],
             "georeferenced input gives GeoTIFF outputs, not a competition submission (--tar)",
         )
+
+
+def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
+    """One rank's summary of its whole images and its scenes."""
+    return RunSummary(
+        written=a.written + b.written,
+        skipped=a.skipped + b.skipped,
+        redone=a.redone + b.redone,
+        seconds=a.seconds + b.seconds,
+        failed=a.failed + b.failed,
+        no_direction=a.no_direction + b.no_direction,
+    )
 
 
 def _pack_and_validate(out_dir: Path, tar: Path, images_dir: Path, overwrite: bool) -> list[str]:
@@ -76,6 +89,13 @@ def run_predict(
     shrink_scale: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[ImageJob, str], None] | None = None,
+    bands: tuple[int, ...] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
+    rectify: bool = False,
+    scene_tile: int = SCENE_TILE,
+    scene_overlap: int = SCENE_OVERLAP,
+    on_scene_progress: Callable[[ImageJob, str, int, int], None] | None = None,
 ) -> PredictReport | None:
     """Predict every image of ``images_dir`` into ``out_dir``; see ``geopose predict --help``.
 
@@ -87,6 +107,14 @@ def run_predict(
     An image that cannot be read or has no GSD is left out and listed in ``report.failed``;
     the others are predicted, and ``tar`` is then not packed. An output folder (or ``tar``)
     that cannot be written raises :class:`~geopose.errors.OutputPathError` before anything.
+
+    Scenes (``geopose.inference.predictor.is_scene_input``: georeferenced images that are not
+    8-bit RGB or are larger than ``tile_size``, VRTs, every image when ``bands``/``stretch``
+    is given, georeferenced images with ``rectify``) go through
+    :func:`geopose.inference.scene.predict_scene` in ``scene_tile``-px tiles overlapping by
+    ``scene_overlap`` px, read as ``Scene(path, bands, stretch, nodata)``; ``rectify`` also
+    writes their nadir views. ``on_scene_progress(job, stage, done, total)`` follows the
+    stages inside a scene.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     check_output_dir(out_dir)
@@ -95,24 +123,57 @@ def run_predict(
     info, dev = dist.init_distributed(device)
     try:
         unresolved: list[tuple[str, str]] = []
-        jobs = resolve_jobs(images_dir, gsd=gsd, city=city, failed=unresolved)
+        jobs = resolve_jobs(
+            images_dir,
+            gsd=gsd,
+            city=city,
+            failed=unresolved,
+            tile_size=tile_size,
+            bands=bands,
+            stretch=stretch,
+            rectify=rectify,
+        )
         if tar is not None:
             _check_tar(jobs, Path(tar), overwrite)
         mine = dist.shard(jobs, info.rank, info.world_size)
 
-        def load() -> Predictor:
-            return Predictor.from_checkpoints(
-                members,
-                tta=tta,
-                device=dev,
-                max_batch=batch,
-                tile_size=tile_size,
-                shrink_scale=shrink_scale,
-            )[0]
+        loaded: list[Predictor] = []
+
+        def load() -> Predictor:  # once, and only when an image needs predicting
+            if not loaded:
+                loaded.append(
+                    Predictor.from_checkpoints(
+                        members,
+                        tta=tta,
+                        device=dev,
+                        max_batch=batch,
+                        tile_size=tile_size,
+                        shrink_scale=shrink_scale,
+                    )[0]
+                )
+            return loaded[0]
 
         if on_start is not None:
             on_start(len(mine))
-        summary = predict_jobs(load, mine, out_dir, overwrite=overwrite, on_done=on_done)
+        whole = [j for j in mine if not j.scene]
+        scenes = [j for j in mine if j.scene]
+        summary = predict_jobs(load, whole, out_dir, overwrite=overwrite, on_done=on_done)
+        if scenes:
+            scene_summary, _ = predict_scene_jobs(
+                load,
+                scenes,
+                out_dir,
+                overwrite=overwrite,
+                rectify=rectify,
+                bands=bands,
+                stretch=stretch,
+                nodata=nodata,
+                tile=scene_tile,
+                overlap=scene_overlap,
+                on_done=on_done,
+                on_progress=on_scene_progress,
+            )
+            summary = _merge(summary, scene_summary)
         dist.barrier()
         summaries = dist.gather_to_main(summary, info)
         report = None

@@ -5,6 +5,8 @@
   predicted-vs-true height (hexbin).
 - :func:`score_bars`: per-city score, R²(AGL) and R²(VFLOW) bars from an evaluate result.
 - :func:`training_curves`: every logged metric of a Lightning ``metrics.csv`` against the step.
+- :func:`read_scene_for_figure`: a scene of any size read decimated (from its overviews) for
+  :func:`image_figure`, with the factor its scale is multiplied by.
 """
 
 from __future__ import annotations
@@ -196,6 +198,110 @@ def _truth_row(axes, agl, angle, scale, truth: Truth, vmin: float, vmax: float) 
     _hexbin(axes[3], agl, t)
     for ax in axes[4:]:
         ax.set_axis_off()
+
+
+# --- scenes: decimated reads -----------------------------------------------------------------
+
+SCENE_DISPLAY_PX = 2048
+"""Scenes are read for figures at most this many px a side (decimated, from the overviews of a
+COG), so a figure of a 40,000 px scene costs about a 2048² read."""
+
+
+def _decimated_shape(width: int, height: int, max_side: int) -> tuple[int, int]:
+    k = max(1, math.ceil(max(width, height) / max_side))
+    return max(1, math.ceil(height / k)), max(1, math.ceil(width / k))
+
+
+def _size(path: str | Path) -> tuple[int, int]:
+    """(rows, cols) of a raster."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.height, src.width
+
+
+def read_decimated_agl(
+    path: str | Path, max_side: int = SCENE_DISPLAY_PX
+) -> tuple[np.ndarray, float]:
+    """An AGL raster (float32 m or uint16 cm) read at most ``max_side`` px a side (nearest,
+    from overviews where the file has them) -> ``(agl float32 m with NaN, factor)``, where
+    ``factor`` = read width / full width: multiply a scale (px/m) by it for the decimated grid
+    (CONVENTIONS.md: resize by f -> scale · f)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+
+    from geopose.io import agl_to_m
+
+    try:
+        with rasterio.open(path) as src:
+            shape = _decimated_shape(src.width, src.height, max_side)
+            arr = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+            nodata, width = src.nodata, src.width
+    except RasterioError as exc:
+        raise GeoposeDataError(path, f"unreadable raster ({exc})") from exc
+    agl = agl_to_m(arr)
+    if nodata is not None and arr.dtype != np.uint16 and math.isfinite(nodata):
+        agl[arr == nodata] = np.nan
+    return agl, shape[1] / width
+
+
+def read_decimated_rgb(
+    path: str | Path,
+    shape: tuple[int, int],
+    bands: tuple[int, ...] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
+    full_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """A scene's display bands read decimated to ``shape`` (rows, cols) -> H×W×3 uint8,
+    through ``geopose.io.scene.Scene(path, bands, stretch, nodata)`` (its band choice and its
+    one stretch per scene); nodata pixels black. ``full_size`` (rows, cols): the size the
+    scene must have (that of its AGL), else :class:`GeoposeDataError`."""
+    from rasterio.enums import Resampling
+
+    from geopose.io.scene import Scene
+
+    with Scene(path, bands=bands, stretch=stretch or "auto", nodata=nodata) as scene:
+        if full_size is not None and (scene.height, scene.width) != tuple(full_size):
+            raise GeoposeDataError(
+                path,
+                f"image is {scene.width}×{scene.height} px but its AGL is "
+                f"{full_size[1]}×{full_size[0]} px",
+            )
+        data = scene.dataset.read(
+            list(scene.bands), out_shape=(3, *shape), resampling=Resampling.nearest
+        )
+        if scene.nodata is not None and math.isfinite(scene.nodata):
+            bad = (data == scene.nodata).all(axis=0)
+        else:
+            bad = np.zeros(shape, bool)
+        if data.dtype.kind == "f":
+            bad |= np.isnan(data).all(axis=0)
+        if scene.stretch is not None:
+            rgb = scene.stretch.apply(data)
+        else:
+            rgb = np.moveaxis(data, 0, -1).astype(np.uint8)
+    rgb[bad] = 0
+    return rgb
+
+
+def read_scene_for_figure(
+    rgb_path: str | Path | None,
+    agl_path: str | Path,
+    max_side: int = SCENE_DISPLAY_PX,
+    bands: tuple[int, ...] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """A scene's image (optional) and AGL on one decimated grid of at most ``max_side`` px a
+    side: ``(rgb H×W×3 uint8 | None, agl H×W float32 m, factor)``; pass ``scale · factor`` to
+    :func:`image_figure` (module doc of :func:`read_decimated_agl`)."""
+    agl, factor = read_decimated_agl(agl_path, max_side)
+    rgb = None
+    if rgb_path is not None:
+        rgb = read_decimated_rgb(rgb_path, agl.shape, bands, stretch, nodata, _size(agl_path))
+    return rgb, agl, factor
 
 
 # --- scores and training curves -------------------------------------------------------------

@@ -1,0 +1,730 @@
+"""Predict a satellite scene of any size in bounded memory: tiles in, Cloud-Optimized GeoTIFFs out.
+
+A scene (``geopose.io.scene.Scene``: any raster rasterio opens, 8 or 16 bit, any number of
+bands, with a nodata value) is predicted tile by tile, in row-major order, with the same tile
+layout and blending windows as :func:`geopose.inference.tiling.predict_tiled` (so a scene
+predicted here equals :meth:`Predictor.predict` of the whole stretched image with the same tile
+size and overlap, to float rounding). Memory holds one band of tile rows: a float32 accumulator
+of ``tile + blocksize`` rows by the scene's width (100 MB for a 16384 px wide scene with 1024 px
+tiles), one tile's input and the model; never the whole scene.
+
+Outputs in ``out_dir`` (each written atomically as a tiled, deflate-compressed COG with
+overviews by ``geopose.io.cog.BlockWriter``; NaN is nodata), in this order:
+
+1. ``{stem}_AGL.tif``: float32 metres, NaN where the input is nodata (all of a pixel's bands
+   equal to the nodata value, as ``Scene`` reports it);
+2. ``{stem}_FLOW.tif``: 2 bands ``(dx, dy)`` px = AGL · scale · (sin angle, cos angle), a
+   second pass over the AGL file, window by window;
+3. with ``rectify=True``: ``{stem}_NADIR_RGB.tif`` (the scene's 3 display bands moved to their
+   ground footprints, 0 where occluded), ``{stem}_NADIR_AGL.tif`` (float32 m, NaN where
+   occluded) and ``{stem}_OCCLUDED.tif`` (255 = no pixel landed there), by
+   :func:`geopose.rectify.rectify_windowed`;
+4. ``{stem}_VFLOW.json`` (angle rad, scale px/cm) last: a json means complete outputs, and a
+   re-run skips such a scene (unless ``overwrite``).
+
+**One direction and one scale per scene.** A satellite scene is one exposure (or one pushbroom
+strip) taken from one viewing geometry: the flow direction and the pixels-per-metre scale are
+properties of the camera, not of the ground, and they vary slowly (the look angle changes by
+about 1.4° across a 15 km swath seen from 600 km: a few percent of the scale at 25° off nadir).
+Each tile's own estimate, on the other hand, is noisy (a tile of fields or water holds little
+evidence). So every tile votes: its direction as a unit vector and its scale, weighted by its
+valid (non-nodata) blending-window area; a tile whose direction is (0, 0) (no evidence: e.g.
+a ramp fit on flat land) casts no vote for either. The scene gets the weighted mean direction
+(renormalised, CONVENTIONS.md) and mean scale; with no vote anywhere the flow is zero (scale
+0, angle 0 as a label), as :meth:`Predictor.predict` writes. Per-region poses (e.g. a vote per
+strip of tile rows, interpolated along the strip) would be the option for very long strips
+whose geometry drifts more than the tiles' noise; it is not built (the scene's tile votes are
+returned in :class:`SceneResult` for checking the spread).
+
+While the model runs, a reader thread prefetches (reads and stretches) the next tiles and a
+writer thread compresses and writes finished strips: I/O overlaps compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from geopose.errors import GeoposeDataError
+from geopose.geometry import vector_to_angle
+from geopose.inference.predictor import NO_DIRECTION_ANGLE, Predictor, RunSummary, flow_name
+from geopose.inference.tiling import axis_weights, tile_starts
+from geopose.io import (
+    agl_name,
+    ensure_output_dir,
+    read_vflow,
+    vflow_name,
+    write_text_atomic,
+    write_vflow,
+)
+
+SCENE_TILE = 1024
+"""Default tile side (px) of scene prediction."""
+SCENE_OVERLAP = 128
+"""Default least overlap (px) of neighbouring tiles."""
+BLOCKSIZE = 512
+"""Internal tile size (px) of the output COGs; strips are written in multiples of it."""
+
+ProgressFn = Callable[[str, int, int], None]
+"""``on_progress(stage, done, total)``; stage ``predict`` (tiles), ``flow`` or ``rectify``
+(strips / windows)."""
+
+T = TypeVar("T")
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def pose_name(stem: str) -> str:
+    """``.{stem}_POSE.json``: a hidden note of the pose found by the first pass, written once
+    ``{stem}_AGL.tif`` is complete, so a run killed later resumes after the model; removed
+    when the VFLOW json is written."""
+    return f".{stem}_POSE.json"
+
+
+def scene_output_paths(out_dir: str | Path, stem: str, rectify: bool = False) -> dict[str, Path]:
+    """The files :func:`predict_scene` writes, in writing order (``vflow`` last)."""
+    from geopose.rectify import output_paths as nadir_paths
+
+    out_dir = Path(out_dir)
+    paths = {"agl": out_dir / agl_name(stem), "flow": out_dir / flow_name(stem)}
+    if rectify:
+        nadir = nadir_paths(out_dir, stem, geo=True)
+        paths |= {f"nadir_{k}": p for k, p in nadir.items()}
+    paths["vflow"] = out_dir / vflow_name(stem)
+    return paths
+
+
+def scene_done(out_dir: str | Path, stem: str, rectify: bool = False) -> bool:
+    """True when a scene's outputs are complete: the VFLOW json parses and every raster exists
+    (each raster appears only complete: it is renamed into place when written)."""
+    paths = scene_output_paths(out_dir, stem, rectify)
+    try:
+        read_vflow(paths["vflow"])
+    except GeoposeDataError:
+        return False
+    return all(p.is_file() for p in paths.values())
+
+
+@dataclass
+class SceneResult:
+    """What :func:`predict_scene` did for one scene.
+
+    ``angle`` rad, ``scale`` px/m (0 with ``direction_known`` False: no tile found evidence of
+    the direction, zero flow written); ``tiles`` predicted, ``empty_tiles`` skipped (all
+    nodata); ``max_agl`` the tallest predicted height (m); ``seconds`` wall time and
+    ``model_seconds`` the part spent in the model (both 0 when ``skipped``); ``votes`` the
+    tiles' ``(row px, col px, angle rad | nan, scale px/m, weight px)``.
+    """
+
+    stem: str
+    paths: dict[str, Path]
+    angle: float
+    scale: float
+    direction_known: bool
+    skipped: bool = False
+    tiles: int = 0
+    empty_tiles: int = 0
+    max_agl: float = 0.0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    votes: list[tuple[int, int, float, float, float]] = field(default_factory=list)
+
+
+# --- the pose vote ------------------------------------------------------------------------
+
+
+class PoseVote:
+    """Scene-level direction and scale from tile votes (module doc): unit directions and
+    scales, weighted by the tiles' valid window area; (0, 0) directions do not vote."""
+
+    def __init__(self) -> None:
+        self.vector = np.zeros(2)
+        self.scale_sum = 0.0
+        self.weight = 0.0
+
+    def add(self, direction: np.ndarray, scale: float, weight: float) -> bool:
+        """Add one tile's vote (``direction`` (sin, cos), ``scale`` px/m, ``weight`` px);
+        returns False (and adds nothing) for a tile without direction evidence."""
+        norm = float(np.hypot(*direction))
+        if not norm > 0.5 or not weight > 0 or not math.isfinite(scale):  # unit, or 0: none
+            return False
+        self.vector += weight * np.asarray(direction, dtype=np.float64) / norm
+        self.scale_sum += weight * float(scale)
+        self.weight += weight
+        return True
+
+    def result(self) -> tuple[float, float, bool]:
+        """``(angle rad, scale px/m, direction_known)``; zero flow when nothing voted."""
+        norm = float(np.hypot(*self.vector))
+        if not self.weight > 0 or not norm > 1e-9 * self.weight:
+            return NO_DIRECTION_ANGLE, 0.0, False
+        angle = float(vector_to_angle(self.vector / norm))
+        return angle, self.scale_sum / self.weight, True
+
+
+# --- background reading and writing -------------------------------------------------------
+
+
+def prefetch(items: Iterable[T], depth: int = 2, enabled: bool = True) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead (a reader
+    thread: GDAL reads and numpy stretches release the GIL while the model runs). An error in
+    the thread is raised here; closing the iterator early stops the thread."""
+    if not enabled:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put((True, x)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            put((False, exc))
+
+    thread = threading.Thread(target=run, name="geopose-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                if x is not None:
+                    raise x
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()
+
+
+class BackgroundWriter:
+    """Calls ``write(array, window)`` of block writers in one background thread, in order,
+    at most ``depth`` writes queued (so a slow disk holds back the model, not memory).
+
+    An error in the thread is raised by the next :meth:`put` or by :meth:`close`.
+    """
+
+    def __init__(self, depth: int = 2, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.error: BaseException | None = None
+        if enabled:
+            self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+            self.thread = threading.Thread(target=self._run, name="geopose-writer", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    writer, array, window = job
+                    writer.write(array, window)
+                except BaseException as exc:  # raised in the main thread
+                    self.error = exc
+
+    def put(self, writer: Any, array: np.ndarray, window: Any) -> None:
+        """Queue ``writer.write(array, window)``."""
+        if not self.enabled:
+            writer.write(array, window)
+            return
+        if self.error is not None:
+            raise self.error
+        self.q.put((writer, array, window))
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for the queued writes; raise the thread's error if there was one (and
+        ``raise_error``)."""
+        if self.enabled and self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
+
+
+@contextlib.contextmanager
+def background_writer(enabled: bool = True, depth: int = 2) -> Iterator[BackgroundWriter]:
+    """A :class:`BackgroundWriter` whose thread has finished when the block ends (use it inside
+    the block writers' ``with``, so no write runs while they finish or abort); its error is
+    raised unless another one is on its way."""
+    bg = BackgroundWriter(depth, enabled)
+    try:
+        yield bg
+    except BaseException:
+        bg.close(raise_error=False)
+        raise
+    bg.close()
+
+
+# --- the first pass: tiles -> AGL, pose -----------------------------------------------------
+
+
+@dataclass
+class _Tile:
+    """One tile read by the reader thread: ``rgb`` None when the tile is all nodata."""
+
+    row: int  # index of the tile row
+    col: int  # index of the tile column
+    r: int  # px
+    c: int  # px
+    rgb: np.ndarray | None
+    valid: np.ndarray | None
+
+
+def _read_tiles(scene: Any, rows: list[int], cols: list[int], th: int, tw: int) -> Iterator[_Tile]:
+    from rasterio.windows import Window
+
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            rgb, valid = scene.read(Window(c, r, tw, th), boundless=True)
+            if not valid.any():
+                yield _Tile(i, j, r, c, None, None)
+            else:
+                yield _Tile(i, j, r, c, rgb, valid)
+
+
+def _pass_agl(
+    predictor: Predictor,
+    scene: Any,
+    path: Path,
+    gsd: float,
+    city: int,
+    tile: int,
+    overlap: int,
+    margin: int | None,
+    blocksize: int,
+    overwrite: bool,
+    threads: bool,
+    on_progress: ProgressFn | None,
+    result: SceneResult,
+) -> None:
+    """Predict every tile, blend into a band accumulator, write the AGL COG; fill ``result``."""
+    from rasterio.windows import Window
+
+    from geopose.io.cog import BlockWriter
+
+    h, w = scene.height, scene.width
+    margin = overlap // 4 if margin is None else margin
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    wr, wc = axis_weights(rows, th, h, margin), axis_weights(cols, tw, w, margin)
+    # The blend divides by the summed windows, a product of the per-axis sums (the windows are
+    # outer products): no 2-D weight accumulator needed (1 up to rounding, see tiling.py).
+    den_r, den_c = np.zeros(h), np.zeros(w)
+    for s, a in zip(rows, wr, strict=True):
+        den_r[s : s + th] += a
+    for s, a in zip(cols, wc, strict=True):
+        den_c[s : s + tw] += a
+    den_c32 = den_c.astype(np.float32)
+    per_call = max(1, predictor.max_batch // _views(predictor))
+    cap = th + blocksize
+    acc = np.zeros((cap, w), np.float32)  # rows [band0, band0 + cap); NaN marks nodata
+    band0 = 0
+    vote = PoseVote()
+    total = len(rows) * len(cols)
+    done = 0
+    max_agl = -math.inf
+
+    def flush(upto: int, writer: Any, bg: BackgroundWriter) -> None:
+        nonlocal band0, max_agl
+        n = upto - band0
+        if n <= 0:
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zero sum has a zero acc: NaN
+            out = acc[:n] / den_r[band0:upto, None].astype(np.float32)
+            out /= den_c32
+        np.maximum(out, 0, out=out)  # heights clipped at 0 m as Predictor.predict does; NaN kept
+        if np.isfinite(out).any():
+            max_agl = max(max_agl, float(np.nanmax(out)))
+        bg.put(writer, out[None], Window(0, band0, w, n))
+        for k in range(0, cap - n, n):  # shift up by n rows, in pieces that do not overlap
+            m = min(n, cap - n - k)
+            acc[k : k + m] = acc[k + n : k + n + m]
+        acc[cap - n :] = 0
+        band0 = upto
+
+    def predict(batch: list[_Tile]) -> None:
+        nonlocal done
+        t0 = time.perf_counter()
+        out = predictor.predict_tiles(np.stack([t.rgb for t in batch]), gsd, city)
+        result.model_seconds += time.perf_counter() - t0
+        for k, t in enumerate(batch):
+            agl = out.agl[k]
+            agl[~t.valid] = np.nan
+            win = np.outer(wr[t.row], wc[t.col]).astype(np.float32)  # as predict_tiled
+            agl *= win
+            acc[t.r - band0 : t.r - band0 + th, t.c : t.c + tw] += agl
+            weight = float(win.sum(dtype=np.float64, where=t.valid))
+            voted = vote.add(out.direction[k], float(out.scale[k]), weight)
+            ang = float(vector_to_angle(out.direction[k])) if voted else math.nan
+            result.votes.append((t.r, t.c, ang, float(out.scale[k]), weight))
+        result.tiles += len(batch)
+        done += len(batch)
+        if on_progress is not None:
+            on_progress("predict", done, total)
+
+    nan = float("nan")
+    reader = prefetch(_read_tiles(scene, rows, cols, th, tw), per_call, threads)
+    with (
+        BlockWriter(
+            path,
+            w,
+            h,
+            1,
+            "float32",
+            scene.georef,
+            nodata=nan,
+            overwrite=overwrite,
+            blocksize=blocksize,
+        ) as writer,
+        background_writer(threads, depth=1) as bg,
+        contextlib.closing(reader) as tiles,
+    ):
+        batch: list[_Tile] = []
+        current = 0
+        for t in tiles:
+            if t.row != current:  # tile row finished: predict its rest, flush what is done
+                if batch:
+                    predict(batch)
+                    batch = []
+                flush(rows[t.row] // blocksize * blocksize, writer, bg)
+                current = t.row
+            if t.rgb is None:  # all nodata: NaN there, whatever the neighbours add
+                acc[t.r - band0 : t.r - band0 + th, t.c : t.c + tw] = np.nan
+                result.empty_tiles += 1
+                done += 1
+                if on_progress is not None:
+                    on_progress("predict", done, total)
+                continue
+            batch.append(t)
+            if len(batch) == per_call:
+                predict(batch)
+                batch = []
+        if batch:
+            predict(batch)
+        flush(h, writer, bg)
+    result.angle, result.scale, result.direction_known = vote.result()
+    result.max_agl = max(max_agl, 0.0)
+
+
+def _views(predictor: Predictor) -> int:
+    from geopose.inference.tta import tta_views
+
+    return len(tta_views(predictor.tta))
+
+
+# --- the second pass: AGL -> FLOW -------------------------------------------------------------
+
+
+def _strips(height: int, rows: int) -> list[tuple[int, int]]:
+    """``(row0, n)`` strips of ``rows`` rows covering ``height``."""
+    return [(r, min(rows, height - r)) for r in range(0, height, rows)]
+
+
+def write_flow(
+    agl_path: str | Path,
+    flow_path: str | Path,
+    angle: float,
+    scale: float,
+    overwrite: bool = False,
+    blocksize: int = BLOCKSIZE,
+    threads: bool = True,
+    on_progress: ProgressFn | None = None,
+) -> Path:
+    """Write the 2-band ``(dx, dy)`` px flow COG of a float32-metre AGL raster, window by window:
+    ``agl · scale · (sin angle, cos angle)`` (``angle`` rad, ``scale`` px/m), NaN where the AGL
+    is NaN, with the AGL's CRS and transform."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from geopose.io import Georef
+    from geopose.io.cog import BlockWriter
+
+    sin, cos = np.float32(math.sin(angle)), np.float32(math.cos(angle))
+    with rasterio.open(agl_path) as src:
+        h, w = src.height, src.width
+        georef = Georef(src.crs, src.transform) if src.crs is not None else None
+        step = 2 * blocksize  # windows of 1×2 blocks: memory independent of the scene's width
+        windows = [
+            Window(c, r, min(step, w - c), n)
+            for r, n in _strips(h, blocksize)
+            for c in range(0, w, step)
+        ]
+
+        def read() -> Iterator[tuple[Window, np.ndarray]]:
+            for win in windows:
+                yield win, src.read(1, window=win, out_dtype="float32")
+
+        with (
+            BlockWriter(
+                flow_path,
+                w,
+                h,
+                2,
+                "float32",
+                georef,
+                nodata=float("nan"),
+                overwrite=overwrite,
+                blocksize=blocksize,
+                band_names=["dx", "dy"],
+            ) as writer,
+            background_writer(threads, depth=1) as bg,
+            contextlib.closing(prefetch(read(), 1, threads)) as agl_windows,
+        ):
+            for k, (win, agl) in enumerate(agl_windows):
+                agl *= np.float32(scale)  # the magnitude, px
+                flow = np.empty((2, *agl.shape), np.float32)
+                np.multiply(agl, sin, out=flow[0])
+                np.multiply(agl, cos, out=flow[1])
+                del agl
+                bg.put(writer, flow, win)
+                if on_progress is not None:
+                    on_progress("flow", k + 1, len(windows))
+    return Path(flow_path)
+
+
+# --- the scene ------------------------------------------------------------------------------
+
+
+def predict_scene(
+    predictor: Predictor,
+    scene: Any,
+    out_dir: str | Path,
+    stem: str,
+    city: int = -1,
+    tile: int = SCENE_TILE,
+    overlap: int = SCENE_OVERLAP,
+    overwrite: bool = False,
+    rectify: bool = False,
+    on_progress: ProgressFn | None = None,
+    gsd: float | None = None,
+    margin: int | None = None,
+    blocksize: int = BLOCKSIZE,
+    threads: bool = True,
+    fill_holes: bool = True,
+) -> SceneResult:
+    """Predict one scene (``geopose.io.scene.Scene``, open) into COGs in ``out_dir`` (module doc).
+
+    Args:
+        predictor: the models, TTA and device (its ``tile_size`` is not used: ``tile`` is).
+        scene: the open scene; its ``read`` gives the stretched display bands and validity.
+        out_dir: output folder (created); ``stem``: output name prefix.
+        city: city index into ``geopose.io.CITIES`` (-1 unknown).
+        tile, overlap: tile side and least overlap (px) of the blended tiles; ``margin``
+            (default ``overlap // 4``) px next to inner tile edges get zero weight.
+        overwrite: redo a scene whose outputs are complete (else it is skipped); partial
+            outputs of an interrupted run are always redone (after the model pass when its
+            AGL and pose note are there).
+        rectify: also write the nadir RGB, nadir AGL and occlusion mask (windowed).
+        on_progress: ``on_progress(stage, done, total)`` (:data:`ProgressFn`).
+        gsd: m/px; default the scene's (``scene.gsd``); one of them is required.
+        blocksize: internal tile size (px) of the COGs.
+        threads: overlap reading and writing with the model in background threads.
+        fill_holes: rectification fills one-pixel sampling gaps.
+
+    Raises:
+        GeoposeDataError: no GSD.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    paths = scene_output_paths(out_dir, stem, rectify)
+    if not overwrite and scene_done(out_dir, stem, rectify):
+        v = read_vflow(paths["vflow"])
+        return SceneResult(stem, paths, v.angle, v.scale, v.scale > 0, skipped=True)
+    gsd = gsd if gsd is not None else getattr(scene, "gsd", None)
+    if gsd is None or not gsd > 0:
+        raise GeoposeDataError(
+            getattr(scene, "path", stem), "no GSD (not georeferenced in metres); pass --gsd"
+        )
+    ensure_output_dir(out_dir)
+    result = SceneResult(stem, paths, NO_DIRECTION_ANGLE, 0.0, False)
+    note = out_dir / pose_name(stem)
+    resumed = not overwrite and _resume_pose(note, paths["agl"], result)
+    if not resumed:
+        note.unlink(missing_ok=True)
+        _pass_agl(
+            predictor,
+            scene,
+            paths["agl"],
+            gsd=float(gsd),
+            city=int(city),
+            tile=tile,
+            overlap=overlap,
+            margin=margin,
+            blocksize=blocksize,
+            overwrite=True,  # a partial set of an interrupted run
+            threads=threads,
+            on_progress=on_progress,
+            result=result,
+        )
+        _write_pose(note, result)
+    write_flow(
+        paths["agl"],
+        paths["flow"],
+        result.angle,
+        result.scale,
+        overwrite=True,
+        blocksize=blocksize,
+        threads=threads,
+        on_progress=on_progress,
+    )
+    if rectify:
+        from geopose.rectify import rectify_windowed
+
+        rectify_windowed(
+            paths["agl"],
+            result.angle,
+            result.scale,
+            out_dir,
+            stem,
+            scene=scene,
+            overwrite=True,
+            fill_holes=fill_holes,
+            max_agl=result.max_agl,
+            blocksize=blocksize,
+            on_progress=on_progress,
+        )
+    write_vflow(paths["vflow"], result.angle, result.scale, overwrite=True)
+    note.unlink(missing_ok=True)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _write_pose(note: Path, result: SceneResult) -> None:
+    """Note the first pass's pose beside the finished AGL (see :func:`pose_name`)."""
+    text = json.dumps(
+        {
+            "angle": result.angle,
+            "scale": result.scale,
+            "direction_known": result.direction_known,
+            "max_agl": result.max_agl,
+            "tiles": result.tiles,
+            "empty_tiles": result.empty_tiles,
+            "agl_mtime_ns": result.paths["agl"].stat().st_mtime_ns,
+        }
+    )
+    write_text_atomic(note, text)
+
+
+def _resume_pose(note: Path, agl_path: Path, result: SceneResult) -> bool:
+    """Fill ``result`` from a pose note written for the AGL file that is there now."""
+    try:
+        d = json.loads(note.read_text())
+        if not agl_path.is_file() or d["agl_mtime_ns"] != agl_path.stat().st_mtime_ns:
+            return False
+        result.angle, result.scale = float(d["angle"]), float(d["scale"])
+        result.direction_known = bool(d["direction_known"])
+        result.max_agl = float(d["max_agl"])
+        result.tiles, result.empty_tiles = int(d["tiles"]), int(d["empty_tiles"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+# --- a list of jobs (geopose predict) --------------------------------------------------------
+
+
+def predict_scene_jobs(
+    predictor: Predictor | Callable[[], Predictor],
+    jobs: Iterable[Any],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    rectify: bool = False,
+    bands: tuple[int, ...] | None = None,
+    stretch: str | None = None,
+    nodata: float | None = None,
+    tile: int = SCENE_TILE,
+    overlap: int = SCENE_OVERLAP,
+    on_done: Callable[[Any, str], None] | None = None,
+    on_progress: Callable[[Any, str, int, int], None] | None = None,
+) -> tuple[RunSummary, list[SceneResult]]:
+    """Predict scene jobs (``geopose.inference.predictor.ImageJob`` with ``scene=True``) with
+    :func:`predict_scene`, each read through ``geopose.io.scene.Scene(path, bands, stretch,
+    nodata)`` (``stretch`` None: ``"auto"``).
+
+    A scene with complete outputs is skipped unless ``overwrite``; one that cannot be read (or
+    whose bands/stretch do not fit it) goes to ``summary.failed`` and the others go on.
+    ``predictor`` may be a zero-argument factory, called only when a scene needs predicting.
+    ``on_done(job, status)`` follows each job; ``on_progress(job, stage, done, total)`` the
+    stages inside one. Returns the run summary and each predicted scene's result.
+    """
+    from geopose.errors import ConfigError
+    from geopose.io.scene import Scene
+
+    out_dir = Path(out_dir)
+    summary = RunSummary()
+    results: list[SceneResult] = []
+    t0 = time.perf_counter()
+    for job in jobs:
+        if not overwrite and scene_done(out_dir, job.stem, rectify):
+            summary.skipped.append(job.stem)
+            status = "skipped"
+        else:
+            stale = any(p.exists() for p in scene_output_paths(out_dir, job.stem, rectify).values())
+            try:
+                scene = Scene(job.path, bands=bands, stretch=stretch or "auto", nodata=nodata)
+            except (GeoposeDataError, ConfigError) as exc:
+                summary.failed.append((job.stem, str(exc)))
+                status = "failed"
+            else:
+                with scene:
+                    if not isinstance(predictor, Predictor):
+                        predictor = predictor()
+                    progress = None
+                    if on_progress is not None:
+                        progress = functools.partial(on_progress, job)
+                    try:
+                        res = predict_scene(
+                            predictor,
+                            scene,
+                            out_dir,
+                            job.stem,
+                            city=job.city,
+                            tile=tile,
+                            overlap=overlap,
+                            overwrite=overwrite,
+                            rectify=rectify,
+                            on_progress=progress,
+                            gsd=job.gsd,
+                        )
+                    except GeoposeDataError as exc:  # a damaged file fails on its first read
+                        summary.failed.append((job.stem, str(exc)))
+                        res = None
+                if res is None:
+                    status = "failed"
+                else:
+                    results.append(res)
+                    summary.written.append(job.stem)
+                    if stale and not overwrite:
+                        summary.redone.append(job.stem)
+                    if not res.direction_known:
+                        summary.no_direction.append(job.stem)
+                    status = "written"
+        if on_done is not None:
+            on_done(job, status)
+    summary.seconds = time.perf_counter() - t0
+    return summary, results
