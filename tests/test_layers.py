@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopose"
 
 LAYERS: list[set[str]] = [
     {"errors"},  # the exceptions every layer raises
+    {"types"},  # the types that cross layers (model output, ...) and one-rule helpers
     {"", "logs"},  # the package root (version, re-exported errors), quiet-by-default logging
     {"geometry"},  # the conventions' maths
     {"io"},  # files: rasters, tables, submissions, atomic writes, downloads

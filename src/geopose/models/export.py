@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from geopose.io.atomic import atomic_path, check_output_file
-from geopose.models.model import GeoposeOutput
+from geopose.types import GeoposeOutput
 
 OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this order
 

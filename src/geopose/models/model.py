@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,24 +28,11 @@ from geopose.models.heads import (
     lstsq_scale,
     ramp_pose,
 )
+from geopose.types import GeoposeOutput
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class GeoposeOutput(NamedTuple):
-    """Model outputs: AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit (sin a, cos a)
-    or (0, 0) where a ramp/flow fit found no evidence of it, scale B (px/m), the dense flow
-    B×2×H×W (px, (dx, dy)) when the model has a flow head and the facade-ramp field B×2×H×W
-    (∇AGL, m/px) when it has a ramp head."""
-
-    agl: torch.Tensor
-    mag: torch.Tensor
-    direction: torch.Tensor
-    scale: torch.Tensor
-    flow: torch.Tensor | None = None
-    ramp: torch.Tensor | None = None
 
 
 # Every key a model section may hold, with its default. ``None`` for mag/flow = no such head.

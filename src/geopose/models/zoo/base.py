@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
-from geopose.models.model import GeoposeOutput
+from geopose.types import GeoposeOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

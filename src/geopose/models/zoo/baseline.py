@@ -53,7 +53,6 @@ from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.models.heads import unit
-from geopose.models.model import GeoposeOutput
 from geopose.models.zoo.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -68,6 +67,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.types import GeoposeOutput
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 RESNETS = {

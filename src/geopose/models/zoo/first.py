@@ -51,7 +51,6 @@ from torch import nn
 
 from geopose.errors import ConfigError
 from geopose.models.heads import unit
-from geopose.models.model import GeoposeOutput
 from geopose.models.zoo.base import (
     Container,
     Family,
@@ -62,6 +61,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.types import GeoposeOutput
 
 PUBLISHED_FILES = (
     "folds_TimmUnet_tf_efficientnetv2_l_in21k_5_r2",

@@ -66,7 +66,6 @@ from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.models.heads import unit
-from geopose.models.model import GeoposeOutput
 from geopose.models.zoo.base import (
     CITY_ORDER,
     IMAGENET_MEAN,
@@ -81,6 +80,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.types import GeoposeOutput
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 N_EXTRA = len(CITY_ORDER) + 1

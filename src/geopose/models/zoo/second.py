@@ -76,7 +76,6 @@ from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.models.heads import unit
-from geopose.models.model import GeoposeOutput
 from geopose.models.zoo.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,6 +87,7 @@ from geopose.models.zoo.base import (
     ridge_scale,
     state_dict_at,
 )
+from geopose.types import GeoposeOutput
 
 OUTPUT_AGL_MASK = "OUTPUT_AGL_MASK"
 OUTPUT_MAGNITUDE_MASK = "OUTPUT_MAGNITUDE_MASK"
