@@ -2,10 +2,12 @@
 
 - :class:`GeoposeOutput`: what every model returns (``forward(image, gsd, city)``), whatever
   its family: heights, magnitudes, pose, and the optional dense flow and facade ramps.
+- :data:`ProgressFn`: the one progress callback of long library calls; only the CLI draws it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -23,3 +25,9 @@ class GeoposeOutput(NamedTuple):
     scale: torch.Tensor
     flow: torch.Tensor | None = None
     ramp: torch.Tensor | None = None
+
+
+ProgressFn = Callable[[str, int, int], None]
+"""``on_progress(stage, done, total)``: a long library call reports ``done`` of ``total`` units
+of its current ``stage`` (e.g. ``"predict"`` tiles, ``"write"`` images); ``total`` 0 when unknown.
+The library never draws: the CLI turns these calls into rich progress bars."""
