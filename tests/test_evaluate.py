@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from geopose.cli.main import main
-from geopose.errors import GeoposeDataError
+from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.io import (
     agl_name,
     read_agl,
@@ -119,6 +119,49 @@ def test_cli_table_and_json(tmp_path, capsys):
     out_json.write_text("{}")
     code, _, _ = run_cli(capsys, pred, truth, "--json", out_json, "--overwrite")
     assert code == 0 and json.loads(out_json.read_text())["images"] == 5
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_cli_json_is_the_api_dict(tmp_path, capsys, partial):
+    """``geopose evaluate --json`` writes exactly what ``evaluate_folders`` returns."""
+    pred, truth = write_case(tmp_path)
+    if partial:
+        (pred / agl_name("JAX_0002")).unlink()
+        write_agl(pred / agl_name("OMA_0002"), np.ones((12, 24), np.float32))
+    args = ["--partial"] if partial else []
+    code, _, err = run_cli(capsys, pred, truth, "--json", tmp_path / "s.json", *args)
+    assert code == 0, err
+    api = evaluate_folders(pred, truth, partial=partial, workers=2)
+    assert json.loads((tmp_path / "s.json").read_text()) == api
+    assert api["partial"] is partial and api["skipped"] == 2 * partial
+    # the API writes the same file itself, and refuses to replace it unless asked
+    evaluate_folders(pred, truth, partial=partial, json_path=tmp_path / "api.json")
+    assert (tmp_path / "api.json").read_text() == (tmp_path / "s.json").read_text()
+    with pytest.raises(OutputExistsError):
+        evaluate_folders(pred, truth, partial=partial, json_path=tmp_path / "api.json")
+
+
+def test_api_notices_and_progress(tmp_path):
+    """The lines ``geopose evaluate`` prints come from the API's ``on_notice``, its bar from
+    ``on_progress``."""
+    pred, truth = write_case(tmp_path)
+    (pred / vflow_name("OMA_0001")).unlink()
+    write_agl(pred / agl_name("ATL_9999"), np.ones((24, 24), np.float32))
+    write_vflow(pred / vflow_name("ATL_9999"), 0.0, 1.0)
+    notices, calls = [], []
+    with pytest.raises(GeoposeDataError, match="1 of 5 predictions missing.*--partial"):
+        evaluate_folders(pred, truth, on_notice=notices.append, on_progress=calls.append)
+    assert notices == [
+        "missing prediction: OMA_0001 (no OMA_0001_VFLOW.json)",
+        "extra prediction ignored: ATL_9999 (no truth)",
+    ]
+    assert calls == []  # nothing scored
+
+    def progress(stage, done, total):
+        calls.append((stage, done, total))
+
+    evaluate_folders(pred, truth, partial=True, on_progress=progress)
+    assert calls == [("score", k, 4) for k in range(5)]
 
 
 def test_cli_missing_predictions_listed_exit_1_unless_partial(tmp_path, capsys):

@@ -18,6 +18,7 @@ from geopose.errors import GeoposeDataError
 from geopose.io import pack_submission, write_agl, write_prediction, write_rgb, write_vflow
 from geopose.validate import (
     Problem,
+    check_path,
     detect_kind,
     validate,
     validate_dataset,
@@ -59,9 +60,11 @@ def edit_metadata(root: Path, img_id: str, **values) -> None:
 
 def test_clean_dataset_has_no_problems_and_reports_progress(fake_dataset):
     calls = []
-    assert validate(fake_dataset.root, progress=lambda d, t: calls.append((d, t))) == []
+    assert validate(fake_dataset.root, on_progress=lambda *c: calls.append(c)) == []
     n_files = 3 * len(fake_dataset.train) + len(fake_dataset.test)
-    assert calls[0] == (0, n_files) and calls[-1] == (n_files, n_files)
+    assert calls[0] == ("dataset", 0, n_files) and calls[-1] == ("dataset", n_files, n_files)
+    found = check_path(fake_dataset.root)
+    assert (found.kind, found.problems, found.files) == ("dataset", [], n_files)
 
 
 @pytest.fixture

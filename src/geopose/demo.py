@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geopose.errors import GeoposeDataError, GeoposeError
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 DEMO_RECIPE = "cpu_small"
 TTA_ORDER = ("d4", "d2", "flip", "none")
@@ -97,8 +100,9 @@ class DemoSettings:
 Log = Callable[[str], None]
 
 
-def make_data(s: DemoSettings, log: Log) -> None:
-    """Render the synthetic city set, unless a complete one is there."""
+def make_data(s: DemoSettings, log: Log, on_progress: ProgressFn | None = None) -> None:
+    """Render the synthetic city set, unless a complete one is there (``on_progress``: as
+    :func:`geopose.synth.write_dataset`'s)."""
     from geopose.synth import write_dataset
 
     if (s.data / "synth.json").is_file():
@@ -114,7 +118,7 @@ def make_data(s: DemoSettings, log: Log) -> None:
         workers=s.workers,
         uniform_angles=s.uniform_angles,
         overwrite=True,  # an incomplete folder (no synth.json) from an interrupted run
-        progress=True,
+        on_progress=on_progress,
     )
 
 
@@ -592,9 +596,10 @@ def claim_folder(out: Path) -> None:
     (out / MARKER).touch()
 
 
-def run_demo(s: DemoSettings, log: Log = print) -> dict:
+def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None = None) -> dict:
     """Run every step; returns the scores (the same numbers ``geopose evaluate`` prints) and,
-    under ``demo``, what the time box did (also saved in ``scores.json``)."""
+    under ``demo``, what the time box did (also saved in ``scores.json``). ``log(line)`` tells
+    each step; ``on_progress(stage, done, total)`` follows the data's rendering."""
     if s.minutes <= 0:
         raise GeoposeError(f"--minutes must be positive, got {s.minutes}")
     started = clock()
@@ -605,7 +610,7 @@ def run_demo(s: DemoSettings, log: Log = print) -> dict:
     def mark(step: str) -> None:
         marks.append((step, clock()))
 
-    make_data(s, log)
+    make_data(s, log, on_progress)
     mark("data")
     cfg = train_config(s, 1.0)
     probe = SpeedProbe(s, cfg["model"])

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,9 +44,10 @@ from geopose.io import (
 )
 from geopose.io.tables import METADATA_CSV, TEST_CSV, TRAIN_CSV, read_csv
 
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
+
 Kind = Literal["dataset", "predictions", "submission"]
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called from the calling thread as files are checked."""
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 PRED_KINDS = ("AGL", "VFLOW")
@@ -64,6 +65,16 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What :func:`check_path` found: the kind of ``path``, its problems (sorted; none: clean)
+    and the number of files decoded."""
+
+    kind: Kind
+    problems: list[Problem]
+    files: int
 
 
 class _Report:
@@ -115,18 +126,40 @@ def validate(
     images: str | Path | None = None,
     truth: str | Path | None = None,
     workers: int | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> list[Problem]:
     """Check whatever ``path`` is (see :func:`detect_kind`); an empty list means clean.
 
     ``images`` (a folder of RGB images, or a data set folder: its ``test/``) and ``truth`` (a
     folder of truth ``_AGL.tif``/``_VFLOW.json``) apply to predictions and submissions.
+    ``on_progress(kind, done, total)`` follows the files decoded, from the calling thread.
     """
+    return check_path(path, images, truth, workers, on_progress).problems
+
+
+def check_path(
+    path: str | Path,
+    images: str | Path | None = None,
+    truth: str | Path | None = None,
+    workers: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> Validation:
+    """:func:`validate`, with what ``geopose validate`` prints: the kind and the file count."""
     kind = detect_kind(path)
+    files = 0
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal files
+        files = max(files, total)
+        if on_progress is not None:
+            on_progress(stage, done, total)
+
     if kind == "dataset":
-        return validate_dataset(path, workers=workers, progress=progress)
-    check = validate_predictions if kind == "predictions" else validate_submission
-    return check(path, images=images, truth=truth, workers=workers, progress=progress)
+        problems = validate_dataset(path, workers=workers, on_progress=progress)
+    else:
+        check = validate_predictions if kind == "predictions" else validate_submission
+        problems = check(path, images=images, truth=truth, workers=workers, on_progress=progress)
+    return Validation(kind, problems, files)
 
 
 # --- running the decoders ------------------------------------------------------------------
@@ -140,7 +173,8 @@ def _run(
     total: int,
     report: _Report,
     workers: int | None,
-    progress: Progress | None,
+    on_progress: ProgressFn | None,
+    stage: str,
 ) -> dict[str, Any]:
     """Run ``(label, fn)`` jobs on threads; return label -> result for those that succeeded.
 
@@ -150,8 +184,8 @@ def _run(
     results: dict[str, Any] = {}
     workers = workers or default_workers()
     done = 0
-    if progress:
-        progress(0, total)
+    if on_progress is not None:
+        on_progress(stage, 0, total)
 
     def finish(fut: Future, label: str) -> None:
         nonlocal done
@@ -162,8 +196,8 @@ def _run(
         except Exception as exc:  # a decoder bug must not hide the other files' problems
             report.add(label, f"could not be checked ({type(exc).__name__}: {exc})")
         done += 1
-        if progress:
-            progress(done, total)
+        if on_progress is not None:
+            on_progress(stage, done, total)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: dict[Future, str] = {}
@@ -404,9 +438,10 @@ def _hw(shape) -> str:
 
 
 def validate_dataset(
-    data_dir: str | Path, workers: int | None = None, progress: Progress | None = None
+    data_dir: str | Path, workers: int | None = None, on_progress: ProgressFn | None = None
 ) -> list[Problem]:
-    """Check a data set folder in the competition layout (see the module docstring)."""
+    """Check a data set folder in the competition layout (see the module docstring);
+    ``on_progress("dataset", done, total)`` follows the files decoded."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise GeoposeDataError(data_dir, "data set folder not found")
@@ -423,7 +458,7 @@ def validate_dataset(
     _check_partners(data_dir / "train", scans["train"], missing, report)
     merged = {f"{split}/{s}": k for split, sc in scans.items() for s, k in sc.items()}
     total = sum(len(k) for k in merged.values())
-    results = _run(_file_jobs(merged), total, report, workers, progress)
+    results = _run(_file_jobs(merged), total, report, workers, on_progress, "dataset")
     _check_sizes(merged, results, report)
     truth = data_dir / "test_truth"
     if truth.is_dir():
@@ -535,10 +570,11 @@ def validate_predictions(
     images: str | Path | None = None,
     truth: str | Path | None = None,
     workers: int | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressFn | None = None,
     strict_dtype: bool = True,
 ) -> list[Problem]:
-    """Check a predictions folder (``{stem}_AGL.tif`` + ``{stem}_VFLOW.json`` per image).
+    """Check a predictions folder (``{stem}_AGL.tif`` + ``{stem}_VFLOW.json`` per image);
+    ``on_progress("predictions", done, total)`` follows the files decoded.
 
     ``strict_dtype`` requires uint16 centimetre AGL (the submission format); float metres are
     accepted otherwise (truth folders).
@@ -566,7 +602,7 @@ def validate_predictions(
                     yield label, (lambda lb=label: read_vflow(lb))
 
     total = sum(len(k) for k in stems.values())
-    results = _run(jobs(), total, report, workers, progress)
+    results = _run(jobs(), total, report, workers, on_progress, "predictions")
     _check_agl_dtypes(stems, results, strict_dtype, report)
     _check_against(stems, results, lambda n: str(pred_dir / n), images, truth, report)
     return report.problems()
@@ -577,9 +613,10 @@ def validate_submission(
     images: str | Path | None = None,
     truth: str | Path | None = None,
     workers: int | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> list[Problem]:
-    """Check a submission archive: flat, complete pairs, every member decodable, uint16 AGL.
+    """Check a submission archive: flat, complete pairs, every member decodable, uint16 AGL;
+    ``on_progress("submission", done, total)`` follows the members decoded.
 
     Members are read into memory one by one (never extracted to disk).
     """
@@ -641,7 +678,7 @@ def validate_submission(
                     yield label, (lambda d=data, lb=label: _vflow_bytes(d, lb))
 
         total = sum(len(k) for k in stems.values())
-        results = _run(jobs(), total, report, workers, progress)
+        results = _run(jobs(), total, report, workers, on_progress, "submission")
     _check_agl_dtypes(stems, results, True, report)
     _check_against(stems, results, lambda n: f"{tar_path}:{n}", images, truth, report)
     return report.problems()
@@ -650,6 +687,8 @@ def validate_submission(
 __all__ = [
     "Kind",
     "Problem",
+    "Validation",
+    "check_path",
     "detect_kind",
     "validate",
     "validate_dataset",

@@ -6,8 +6,17 @@ Command modules import heavy libraries (torch, matplotlib) inside their function
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:  # geopose.types imports torch: not at --help time
+    from rich.progress import TaskID
+
+    from geopose.types import ProgressFn
 
 app = typer.Typer(
     name="geopose",
@@ -21,19 +30,69 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def progress_bar(console: Console = err_console):
-    """The CLI's rich progress bar (description, bar, done/total, time left), on stderr by
-    default and cleared when done."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+class _Bars:
+    """A :data:`~geopose.types.ProgressFn` drawn as rich bars: one per stage, added at its first
+    call, removed once done (``done >= total > 0``); the display runs only while a stage is
+    under way, so that another live display (Lightning's training bar) may follow it."""
 
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    def __init__(self, labels: Mapping[str, str], console: Console, disable: bool, transfer: bool):
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        counts = (DownloadColumn(), TransferSpeedColumn()) if transfer else (MofNCompleteColumn(),)
+        self.labels = labels
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            *counts,
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=disable,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        task = self.tasks.get(stage)
+        if task is None:
+            if not self.tasks:
+                self.bar.start()
+            task = self.tasks[stage] = self.bar.add_task(self.labels.get(stage, stage))
+        self.bar.update(task, completed=done, total=total or None)
+        if total and done >= total:
+            self.bar.remove_task(self.tasks.pop(stage))
+            if not self.tasks:
+                self.bar.stop()
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+@contextlib.contextmanager
+def progress_bar(
+    labels: Mapping[str, str] | None = None,
+    console: Console = err_console,
+    disable: bool = False,
+    transfer: bool = False,
+) -> Iterator[ProgressFn]:
+    """The CLI's drawing of the library's progress callback: ``with progress_bar() as
+    on_progress: library_call(..., on_progress=on_progress)``.
+
+    Each stage is a bar (its label: ``labels[stage]``, else the stage) with the count done,
+    and the time left, on stderr by default, cleared when done. ``transfer``: counts are bytes
+    (size and speed shown); ``disable``: draw nothing (a rank other than 0).
+    """
+    bars = _Bars(labels or {}, console, disable, transfer)
+    try:
+        yield bars
+    finally:
+        bars.close()
 
 
 def fail(message: str, code: int = 1) -> None:

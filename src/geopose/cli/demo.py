@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console
+from geopose.cli.app import app, console, progress_bar
 
 
 @app.command()
@@ -58,7 +58,8 @@ def demo(
     def log(msg: str) -> None:
         console.print(f"[dim]{(time.monotonic() - t0) / 60:5.1f} min[/] {escape(msg)}")
 
-    scores = run_demo(settings, log)
+    with progress_bar() as on_progress:
+        scores = run_demo(settings, log, on_progress)
     table = Table(title="geopose demo: test scores (geopose evaluate)")
     for col in ("city", "score", "R² AGL", "R² VFLOW", "angle err °", "scale err px/m"):
         table.add_column(col, justify="right")

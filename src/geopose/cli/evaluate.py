@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, err_console, fail
+from geopose.cli.app import app, console, err_console, progress_bar
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -63,40 +62,22 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Score predictions against truth with the exact competition formula (per city + final)."""
-    from geopose.errors import OutputExistsError
-    from geopose.io.atomic import check_output_file, write_text_atomic
-    from geopose.metrics.evaluate import missing_message, pair_folders, score_pairs
+    from geopose.metrics.evaluate import evaluate_folders
 
-    if json_path is not None:
-        check_output_file(json_path)
-        if json_path.exists() and not overwrite:
-            raise OutputExistsError(json_path)
-    pairing = pair_folders(pred_dir, truth_dir)
-    for stem, names in sorted(pairing.missing.items()):
-        err_console.print(f"missing prediction: {stem} (no {' / '.join(names)})", highlight=False)
-    for stem in pairing.extra:
-        err_console.print(f"extra prediction ignored: {stem} (no truth)", highlight=False)
-    if pairing.missing and not partial:
-        fail(missing_message(pairing) + " (pass --partial to score the rest)")
-    if not pairing.pairs:
-        fail(f"{pred_dir}: no prediction matches a truth image")
-    if err_console.is_terminal:
-        from rich.progress import Progress
+    def notice(line: str) -> None:
+        err_console.print(line, highlight=False)
 
-        with Progress(console=err_console, transient=True) as progress:
-            task = progress.add_task("scoring", total=len(pairing.pairs))
-            result = score_pairs(pairing, workers, on_image=lambda _: progress.advance(task))
-    else:
-        result = score_pairs(pairing, workers)
-    for m in result["size_mismatch"]:
-        err_console.print(
-            f"size mismatch: {m['stem']}: prediction {m['pred'][0]}×{m['pred'][1]}, "
-            f"truth {m['truth'][0]}×{m['truth'][1]}",
-            highlight=False,
+    with progress_bar({"score": "scoring"}) as on_progress:
+        result = evaluate_folders(
+            pred_dir,
+            truth_dir,
+            partial=partial,
+            workers=workers,
+            json_path=json_path,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            on_notice=notice,
         )
-    if result["size_mismatch"] and not partial:
-        fail(f"{len(result['size_mismatch'])} prediction(s) differ in size from the truth")
-    result["partial"] = partial
     console.print(_table(result))
     console.print(
         f"final score {_fmt(result['final'])} "
@@ -112,6 +93,4 @@ def evaluate(
     if nan_pixels:
         console.print(f"{nan_pixels} valid pixels had no predicted height (scored as 0 m)")
     if json_path is not None:
-        text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-        write_text_atomic(json_path, text, overwrite=overwrite)
         console.print(f"wrote {json_path}")

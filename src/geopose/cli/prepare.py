@@ -33,8 +33,7 @@ def prepare(
 
     if split not in ("train", "test", "all"):
         raise ConfigError(f"--split must be train, test or all, got {split!r}")
-    with progress_bar() as bar:
-        task = bar.add_task("converting", total=None)
+    with progress_bar({"convert": "converting"}) as on_progress:
         index = prepare_cache(
             data,
             out,
@@ -42,7 +41,7 @@ def prepare(
             split=split,
             workers=workers,
             overwrite=overwrite,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: on_progress("convert", done, total),
         )
     size = sum(p.stat().st_size for p in Path(out).rglob("*.npy"))
     console.print(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, fail
+from geopose.cli.app import app, console, fail, progress_bar
 
 
 def _cities(values: list[str] | None) -> list[str] | None:
@@ -55,21 +55,22 @@ def synth(
         fail("nothing to write: --train and --test are both 0")
     truth = TruthOptions(missing=missing, speckle=speckle, hidden=hidden)
     try:
-        views = write_dataset(
-            out,
-            train,
-            test,
-            size,
-            seed,
-            cities=_cities(cities),
-            workers=workers,
-            nadir=nadir,
-            uniform_angles=uniform_angles,
-            overwrite=overwrite,
-            truth=truth,
-            j2k_psnr=j2k_psnr,
-            progress=True,
-        )
+        with progress_bar() as on_progress:
+            views = write_dataset(
+                out,
+                train,
+                test,
+                size,
+                seed,
+                cities=_cities(cities),
+                workers=workers,
+                nadir=nadir,
+                uniform_angles=uniform_angles,
+                overwrite=overwrite,
+                truth=truth,
+                j2k_psnr=j2k_psnr,
+                on_progress=on_progress,
+            )
     except ConfigError as exc:
         fail(str(exc))
     secs = views.attrs.get("seconds", float("nan"))

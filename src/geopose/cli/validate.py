@@ -35,20 +35,14 @@ def validate(
     One line per problem, naming the file; exit 0 when clean, 1 when not. Nothing is modified.
     """
 
-    from geopose.validate import detect_kind
-    from geopose.validate import validate as run_checks
+    from geopose.validate import check_path
 
-    kind = detect_kind(path)
-    checked = 0
-    with progress_bar() as bar:
-        task = bar.add_task(f"checking {kind}", total=None)
-
-        def progress(done: int, total: int) -> None:
-            nonlocal checked
-            checked = max(checked, total)
-            bar.update(task, completed=done, total=total)
-
-        problems = run_checks(path, images=images, truth=truth, workers=workers, progress=progress)
+    labels = {kind: f"checking {kind}" for kind in ("dataset", "predictions", "submission")}
+    with progress_bar(labels) as on_progress:
+        found = check_path(
+            path, images=images, truth=truth, workers=workers, on_progress=on_progress
+        )
+    kind, problems = found.kind, found.problems
 
     for p in problems:
         console.print(
@@ -56,7 +50,7 @@ def validate(
             highlight=False,
             soft_wrap=True,
         )
-    files = f"{checked} file(s) decoded"
+    files = f"{found.files} file(s) decoded"
     if problems:
         files_with = len({p.path for p in problems})
         console.print(

@@ -7,11 +7,15 @@ image. The city of an image is its stem's prefix (``JAX_123`` -> ``JAX``).
 Images are decoded and reduced to their statistics vectors (:func:`image_stats`) in a thread
 pool (deflate decoding and the numpy reductions release the GIL), at most ``2 × workers``
 images in flight, so memory does not grow with the number of images.
+
+:func:`evaluate_folders` is ``geopose evaluate``: its dict is what ``--json`` writes, and the
+command prints its ``on_notice`` lines and draws its ``on_progress`` calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -20,14 +24,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geopose.errors import GeoposeDataError
+from geopose.errors import GeoposeDataError, OutputExistsError
+from geopose.io.atomic import check_output_file, write_text_atomic
 from geopose.io.layout import agl_name, city_of, split_name, vflow_name
 from geopose.io.rasters import read_agl_raw
 from geopose.io.vflow import read_vflow
 from geopose.metrics.score import ScoreAccumulator, image_stats
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 
 @dataclass
@@ -173,24 +182,27 @@ def _map_bounded(fn: Callable, items: Iterable, workers: int) -> Iterator:
 def score_pairs(
     pairing: Pairing,
     workers: int | None = None,
-    on_image: Callable[[str], None] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> dict:
     """Score every matched image of ``pairing``; size mismatches are listed, not scored.
 
-    Returns the JSON-ready result (see :func:`evaluate_folders`); ``on_image(stem)`` is called
-    after each image (progress).
+    Returns the JSON-ready result (see :func:`evaluate_folders`, less ``partial``);
+    ``on_progress("score", done, total)`` follows the images.
     """
     workers = default_workers() if not workers else max(1, int(workers))
     acc = ScoreAccumulator()
     mismatches: list[SizeMismatch] = []
     results = _map_bounded(lambda s: (s, _score_one(pairing, s)), pairing.pairs, workers)
-    for stem, res in results:
+    total = len(pairing.pairs)
+    if on_progress is not None:
+        on_progress("score", 0, total)
+    for done, (stem, res) in enumerate(results, 1):
         if isinstance(res, SizeMismatch):
             mismatches.append(res)
         else:
             acc.add(city_of(stem), res)
-        if on_image is not None:
-            on_image(stem)
+        if on_progress is not None:
+            on_progress("score", done, total)
     out = acc.compute()
     out.update(
         pred_dir=str(pairing.pred_dir),
@@ -210,27 +222,54 @@ def evaluate_folders(
     truth_dir: str | Path,
     partial: bool = False,
     workers: int | None = None,
+    json_path: str | Path | None = None,
+    overwrite: bool = False,
+    on_progress: ProgressFn | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict:
     """Score predictions against truth; the competition score and per-city details.
 
     Returns ``{"final", "cities": {city: {score, r2_agl, r2_vflow, images, pixels,
     angle_error_deg, scale_error (px/m), agl_mae (m), agl_rmse (m), epe (px),
-    pred_nan_pixels}}, "images", "missing", "extra", "size_mismatch", "skipped", ...}`` with
-    NaN written as None. Missing predictions or size mismatches raise
-    :class:`GeoposeDataError` unless ``partial`` (then they are skipped and counted).
+    pred_nan_pixels}}, "images", "pred_dir", "truth_dir", "missing", "extra",
+    "size_mismatch", "skipped", "partial"}`` with NaN written as None; ``json_path``: also
+    written there (atomically; an existing file raises :class:`OutputExistsError` before
+    anything is read, unless ``overwrite``).
+
+    Missing predictions or size mismatches raise :class:`GeoposeDataError` unless ``partial``
+    (then they are skipped and counted). ``on_notice(line)`` gets one line per missing,
+    extra (ignored) or mis-sized prediction, before any error; ``on_progress("score", done,
+    total)`` follows the images.
     """
+    if json_path is not None:
+        check_output_file(json_path)
+        if Path(json_path).exists() and not overwrite:
+            raise OutputExistsError(json_path)
+    notice = on_notice or (lambda line: None)
     pairing = pair_folders(pred_dir, truth_dir)
+    for stem, names in sorted(pairing.missing.items()):
+        notice(f"missing prediction: {stem} (no {' / '.join(names)})")
+    for stem in pairing.extra:
+        notice(f"extra prediction ignored: {stem} (no truth)")
     if pairing.missing and not partial:
-        raise GeoposeDataError(pairing.pred_dir, missing_message(pairing))
+        hint = " (pass --partial to score the rest)"
+        raise GeoposeDataError(pairing.pred_dir, missing_message(pairing) + hint)
     if not pairing.pairs:
         raise GeoposeDataError(pairing.pred_dir, "no prediction matches a truth image")
-    result = score_pairs(pairing, workers)
+    result = score_pairs(pairing, workers, on_progress)
+    for m in result["size_mismatch"]:
+        (rows, cols), (t_rows, t_cols) = m["pred"], m["truth"]
+        notice(f"size mismatch: {m['stem']}: prediction {rows}×{cols}, truth {t_rows}×{t_cols}")
     if result["size_mismatch"] and not partial:
         raise GeoposeDataError(
             pairing.pred_dir,
             f"{len(result['size_mismatch'])} prediction(s) differ in size from the truth: "
             + ", ".join(m["stem"] for m in result["size_mismatch"]),
         )
+    result["partial"] = partial
+    if json_path is not None:
+        text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+        write_text_atomic(json_path, text, overwrite=overwrite)
     return result
 
 

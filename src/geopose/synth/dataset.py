@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,9 @@ from geopose.io.tables import METADATA_CSV, TEST_CSV, TRAIN_CSV
 from geopose.synth.cities import CITY_CODES, draw_geometry, get_style
 from geopose.synth.render import Rendered, render
 from geopose.synth.scene import KIND_BUILDING, KIND_WATER, make_scene, value_noise
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 SPLIT_CODES = {"train": 0, "test": 1}
 OUTPUT_DIRS = ("train", "test", "test_truth", "test_nadir")
@@ -275,14 +279,15 @@ def write_dataset(
     overwrite: bool = False,
     truth: TruthOptions | None = None,
     j2k_psnr: float = 40.0,
-    progress: bool = False,
+    on_progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """Write a synthetic data set to ``out`` (see the module docstring); returns the per-image
     table (``synth_views.csv``).
 
     Images cycle through ``cities`` (default: all four). ``workers`` processes render in
     parallel (0 = one per CPU). ``uniform_angles`` draws angles uniformly instead of from the
-    cities' passes. ``j2k_psnr``: JPEG 2000 quality (dB). ``progress`` shows a rich bar.
+    cities' passes. ``j2k_psnr``: JPEG 2000 quality (dB). ``on_progress("synth", done, total)``
+    follows the images rendered (those a resumed run still has to render).
     Raises :class:`OutputExistsError` if ``out`` is not empty and ``overwrite`` is False, unless
     it holds an unfinished run with the same parameters, which is resumed.
     """
@@ -328,7 +333,7 @@ def write_dataset(
     workers = max(1, min(workers, len(jobs)))
     t0 = time.perf_counter()
     todo = [j for j in jobs if image_id(j.split, j.index) not in done]
-    fresh = {r["id"]: r for r in _run_jobs(todo, min(workers, max(1, len(todo))), progress)}
+    fresh = {r["id"]: r for r in _run_jobs(todo, min(workers, max(1, len(todo))), on_progress)}
     rows = [{**done, **fresh}[image_id(j.split, j.index)] for j in jobs]
     tables = _tables(rows)
     for name, df in tables.items():
@@ -341,32 +346,25 @@ def write_dataset(
     return views
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=False,
-    )
+def _run_jobs(jobs: list[_Job], workers: int, on_progress: ProgressFn | None) -> list[dict]:
     rows: list[dict] = []
-    with bar:
-        task = bar.add_task("synth", total=len(jobs))
-        if workers == 1:
-            for job in jobs:
-                rows.append(_write_image(job))
-                bar.advance(task)
-        else:
-            import multiprocessing as mp
 
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as ex:
-                for row in ex.map(_write_image, jobs, chunksize=1):
-                    rows.append(row)
-                    bar.advance(task)
+    def collect(results) -> None:
+        for row in results:
+            rows.append(row)
+            if on_progress is not None:
+                on_progress("synth", len(rows), len(jobs))
+
+    if on_progress is not None:
+        on_progress("synth", 0, len(jobs))
+    if workers == 1:
+        collect(map(_write_image, jobs))
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as ex:
+            collect(ex.map(_write_image, jobs, chunksize=1))
     return rows
 
 
