@@ -26,14 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopose.data.sources import (
-    ImageHandle,
-    ImageSource,
-    city_index,
-    downsample_agl,
-    downsample_rgb,
-)
+from geopose.data.base import ImageHandle, ImageSource, downsample_agl, downsample_rgb
 from geopose.errors import GeoposeDataError, OutputExistsError
+from geopose.types import city_index
 
 MARKER = "geopose_cache.json"
 INDEX = "index.csv"

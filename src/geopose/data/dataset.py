@@ -1,9 +1,8 @@
 """The training / validation data set and its seeded, resumable, rank-aware sampler.
 
-A sample is the contract's dict: ``image`` float32 3×H×W in [0, 1]; ``agl`` float32 1×H×W m
-(NaN = missing); ``mag`` float32 1×H×W px (= agl·scale); ``direction`` float32 (2,) = (sin a,
-cos a); ``scale`` float32 () px/m; ``gsd`` float32 () m/px; ``city`` int64 () index into
-``geopose.io.CITIES`` (-1 unknown); ``stem`` str.
+An item is the contract's dict :class:`geopose.types.Item` (``image`` float32 3×H×W in [0, 1],
+``agl`` 1×H×W m, ``mag`` px, ``direction`` (sin a, cos a), ``scale``, ``gsd``, ``city`` index,
+``stem``); :func:`collate` stacks items into a :class:`geopose.types.Batch`.
 
 Training items are random ``crop``×``crop`` windows, augmented; validation items are whole
 images, untouched. Each training item is drawn from its own seed (``(index, seed)`` pairs made
@@ -20,14 +19,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from geopose.data.sources import ImageSource
-from geopose.transforms.geometric import GeometricAugment, GeometricPlan, Sample
+from geopose.data.base import ImageSource
+from geopose.transforms.geometric import GeometricAugment, GeometricPlan
 from geopose.transforms.photometric import PhotometricAugment
+from geopose.types import Batch, Item, Sample, image_to_unit, item_seed
+
+__all__ = [
+    "EpochSampler",
+    "GeoposeDataset",
+    "ResumableLoader",
+    "collate",
+    "item_seed",  # owned by geopose.types; re-exported
+    "to_item",
+]
 
 
-def to_item(sample: Sample, city: int, stem: str) -> dict:
-    """A :class:`Sample` -> the contract's sample dict of tensors."""
-    hwc = np.multiply(sample.rgb, np.float32(1.0 / 255.0), dtype=np.float32)
+def to_item(sample: Sample, city: int, stem: str) -> Item:
+    """A :class:`geopose.types.Sample` -> the contract's item dict of tensors."""
+    hwc = image_to_unit(sample.rgb)
     image = torch.from_numpy(hwc).permute(2, 0, 1)  # a 3×H×W view; collating makes it contiguous
     agl = sample.agl
     if agl is None:
@@ -46,6 +55,13 @@ def to_item(sample: Sample, city: int, stem: str) -> dict:
         "city": torch.tensor(city, dtype=torch.int64),
         "stem": stem,
     }
+
+
+def collate(items: list[Item]) -> Batch:
+    """Stack the items' tensors along a new batch axis; ``stem`` becomes a list of strings."""
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "stem"}
+    out["stem"] = [it["stem"] for it in items]
+    return out
 
 
 class GeoposeDataset(Dataset):
@@ -73,7 +89,7 @@ class GeoposeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> Item:
         i, seed = item if isinstance(item, tuple) else (item, item_seed(self.seed, 0, item))
         row = self.source.index.iloc[self.rows[i]]
         handle = self.source.open(self.rows[i])
@@ -98,16 +114,6 @@ def _start(rng: np.random.Generator, size: int, side: int) -> int:
     if size <= side:
         return (size - side) // 2
     return int(rng.integers(0, size - side + 1))
-
-
-def item_seed(seed: int, epoch: int, position: int) -> int:
-    """A 63-bit seed for one item, from (base seed, epoch, position in the epoch)."""
-    return int(
-        np.random.SeedSequence([seed, epoch, position])
-        .generate_state(2, np.uint32)
-        .astype(np.uint64)
-        @ np.array([1 << 31, 1], np.uint64)
-    )
 
 
 class EpochSampler(Sampler):

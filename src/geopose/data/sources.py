@@ -1,11 +1,10 @@
-"""Where training images come from: a data folder in the competition layout, or a cache made
-by ``geopose prepare`` (see :mod:`geopose.data.cache`).
+"""Where training images come from: a data folder in the competition layout
+(:class:`FolderSource`), or a cache made by ``geopose prepare`` (:mod:`geopose.data.cache`);
+:func:`open_source` picks the one a folder holds.
 
-A source has an ``index`` (pandas: ``stem``, ``city``, ``gsd`` m/px, ``angle`` rad, ``scale``
-px/m, ``agl_max`` m or NaN, ...) and ``open(i)`` giving an :class:`ImageHandle` whose
-``read(r0, c0, h, w)`` returns a window of the RGB and AGL (padded outside the image). A folder
-decodes the whole JPEG 2000 / TIFF on ``open``; a cache maps ``.npy`` files and reads only the
-window.
+Both are :class:`geopose.data.base.ImageSource` s (an ``index`` and ``open(i)``, see there). A
+folder decodes the whole JPEG 2000 / TIFF on ``open``; a cache maps ``.npy`` files and reads
+only the window. Imports go one way: this module -> cache -> base.
 """
 
 from __future__ import annotations
@@ -14,97 +13,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from geopose.errors import GeoposeDataError
-from geopose.io import CITIES
-from geopose.transforms.geometric import window
-
-
-class ImageHandle:
-    """One opened image: ``shape`` (rows, cols), ``agl_max`` (m, NaN if unknown), ``read``."""
-
-    def __init__(
-        self,
-        rgb: np.ndarray,
-        agl: np.ndarray | None,
-        agl_max: float = math.nan,
-        agl_in_cm: bool = False,
-    ) -> None:
-        self.rgb, self.agl, self.agl_in_cm = rgb, agl, agl_in_cm
-        self.agl_max = float(agl_max)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
-
-    def read(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """RGB (h×w×3 uint8, 0 outside) and AGL (h×w float32 m, NaN outside) of a window."""
-        from geopose.io import AGL_NODATA, agl_cm_to_m
-
-        rgb = window(self.rgb, r0, c0, h, w, 0)
-        if self.agl is None:
-            return rgb, None
-        if self.agl_in_cm:
-            return rgb, agl_cm_to_m(window(self.agl, r0, c0, h, w, AGL_NODATA))
-        return rgb, window(self.agl, r0, c0, h, w, np.nan)
-
-    def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The whole image."""
-        return self.read(0, 0, *self.shape)
-
-
-def city_index(city: str) -> int:
-    """Index of a city code in :data:`geopose.io.CITIES`, -1 if unknown."""
-    return CITIES.index(city) if city in CITIES else -1
-
-
-def downsample_rgb(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Shrink an RGB image by an integer factor (area averaging)."""
-    import cv2
-
-    if factor == 1:
-        return rgb
-    h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
-    return cv2.resize(rgb[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)
-
-
-def downsample_agl(agl: np.ndarray, factor: int) -> np.ndarray:
-    """Shrink an AGL map (m, NaN) by an integer factor: mean of the valid heights of each
-    factor×factor block, NaN where none is valid."""
-    if factor == 1:
-        return agl
-    h, w = agl.shape[0] // factor, agl.shape[1] // factor
-    blocks = agl[: h * factor, : w * factor].reshape(h, factor, w, factor)
-    valid = np.isfinite(blocks)
-    total = np.where(valid, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64)
-    count = valid.sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (total / count).astype(np.float32)
-    out[count == 0] = np.nan
-    return out
-
-
-class ImageSource:
-    """Base class: ``index`` (one row per image) and ``open(i)``."""
-
-    root: Path
-    index: pd.DataFrame
-    downsample: int = 1
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def open(self, i: int) -> ImageHandle:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def position(self, stems: list[str]) -> list[int]:
-        """Row positions of ``stems`` in the index (GeoposeDataError for unknown stems)."""
-        where = {s: i for i, s in enumerate(self.index["stem"])}
-        missing = [s for s in stems if s not in where]
-        if missing:
-            raise GeoposeDataError(self.root, f"no image(s) {missing[:3]} in this data set")
-        return [where[s] for s in stems]
+from geopose.data.base import ImageHandle, ImageSource, downsample_agl, downsample_rgb
+from geopose.data.cache import CacheSource, is_cache
+from geopose.errors import ConfigError, GeoposeDataError
+from geopose.types import city_index
 
 
 class FolderSource(ImageSource):
@@ -149,9 +62,6 @@ def open_source(
 
     ``downsample``: None keeps the data as it is; for a cache it must equal the cache's factor.
     """
-    from geopose.data.cache import CacheSource, is_cache
-    from geopose.errors import ConfigError
-
     root = Path(root)
     if is_cache(root):
         source = CacheSource(root, split)

@@ -6,9 +6,7 @@ import re
 from pathlib import Path
 
 from geopose.errors import GeoposeDataError
-
-CITIES = ("ARG", "ATL", "JAX", "OMA")
-"""The four cities of the competition / US3D data."""
+from geopose.types import CITIES as CITIES  # the city codes' owner; re-exported here
 
 # Non-greedy stem: ``X_NADIR_AGL`` is (X, NADIR_AGL), not (X_NADIR, AGL).
 _KIND_RE = re.compile(r"^(?P<stem>.+?)_(?P<kind>RGB|AGL|VFLOW|NADIR_AGL|NADIR_RGB)$")

@@ -1,7 +1,7 @@
 """The competition score as a torchmetrics ``Metric`` for validation inside training.
 
 The state is the per-city float64 statistics vector of :mod:`geopose.metrics.score` (one row
-per city of :data:`geopose.io.CITIES`, plus a row ``UNK`` for city index -1), summed across
+per city of :data:`geopose.types.CITIES`, plus a row ``UNK`` for city index -1), summed across
 DDP ranks, so the logged score is exactly the competition formula over the whole validation
 set, not a mean of batch scores.
 """
@@ -13,8 +13,8 @@ import math
 import torch
 from torchmetrics import Metric
 
-from geopose.io.layout import CITIES
 from geopose.metrics.score import IDX, N_FIELDS, ScoreAccumulator, city_metrics
+from geopose.types import CITIES, Batch, GeoposeOutput
 
 UNKNOWN_CITY = "UNK"
 
@@ -166,7 +166,7 @@ class GeoposeScore(Metric):
         rows = torch.where((rows < 0) | (rows >= unknown), torch.full_like(rows, unknown), rows)
         self.stats.index_add_(0, rows, stats.to(self.stats.device))
 
-    def update_batch(self, output, batch: dict) -> None:
+    def update_batch(self, output: GeoposeOutput, batch: Batch) -> None:
         """``update`` from a model output (``.agl``, ``.direction``, ``.scale``) and a batch."""
         self.update(
             output.agl,

@@ -9,7 +9,6 @@ second resume then repeated an epoch's batches.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,12 +17,20 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from geopose.data.dataset import EpochSampler, GeoposeDataset, ResumableLoader
-from geopose.data.folds import load_or_make_folds, make_folds, split_stems
-from geopose.data.sources import ImageSource, open_source
+from geopose.data import (
+    EpochSampler,
+    GeoposeDataset,
+    ImageSource,
+    ResumableLoader,
+    collate,
+    load_or_make_folds,
+    make_folds,
+    open_source,
+    split_stems,
+)
 from geopose.errors import ConfigError
-from geopose.transforms.geometric import GeometricAugment
-from geopose.transforms.photometric import PhotometricAugment
+from geopose.transforms import GeometricAugment, PhotometricAugment
+from geopose.types import env_rank
 
 
 def geometric_from_config(data: dict) -> GeometricAugment:
@@ -37,11 +44,7 @@ def photometric_from_config(data: dict) -> PhotometricAugment:
     return PhotometricAugment(data["photometric"] or data["aug"], data["crop"])
 
 
-def _collate(items: list[dict]) -> dict:
-    """Stack tensors; keep ``stem`` a list of strings."""
-    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "stem"}
-    out["stem"] = [it["stem"] for it in items]
-    return out
+_collate = collate  # the name tests and older callers use; the rule is geopose.data.collate
 
 
 class _StreamSampler(EpochSampler):
@@ -98,7 +101,7 @@ class GeoposeDataModule(L.LightningDataModule):
         if len(index) == 0:
             raise ConfigError(f"data.root: {d['root']} has no training images")
         folds_csv = Path(d["folds_csv"]) if d["folds_csv"] else self.run_dir / "folds.csv"
-        rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0  # as run.train
+        rank0 = env_rank() == 0
         spec = (d["folds"], d["fold_scheme"], d["fold_seed"])
         if fresh and not d["folds_csv"]:
             folds, new = make_folds(index, *spec), True
@@ -178,7 +181,7 @@ class GeoposeDataModule(L.LightningDataModule):
             batch_size=d["batch_size"],
             sampler=sampler,
             num_workers=d["workers"],
-            collate_fn=_collate,
+            collate_fn=collate,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
             # Seeds come with the indices from the main process, so workers can persist.
@@ -197,7 +200,7 @@ class GeoposeDataModule(L.LightningDataModule):
             batch_size=self.data["val_batch_size"],
             shuffle=False,
             num_workers=min(self.data["workers"], 2),
-            collate_fn=_collate,
+            collate_fn=collate,
         )
 
     def mark_consumed(self, epoch: int, batches: int) -> None:

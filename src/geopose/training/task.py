@@ -14,8 +14,8 @@ import time
 import lightning as L
 import torch
 
-from geopose.data.dataset import item_seed
 from geopose.errors import ConfigError
+from geopose.types import Batch, GeoposeOutput, item_seed
 
 
 def lr_factor(
@@ -76,7 +76,7 @@ class GeoposeTask(L.LightningModule):
     def train_cfg(self) -> dict:
         return self.config["train"]
 
-    def forward(self, batch: dict):
+    def forward(self, batch: Batch) -> GeoposeOutput:
         image = batch["image"].contiguous(memory_format=torch.channels_last)
         return self.model(image, batch["gsd"], batch["city"])
 
@@ -86,7 +86,7 @@ class GeoposeTask(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> int | None:
         if self.stopped_reason is not None:
             return -1  # ends the epoch (and, with should_stop, the run)
         # Model randomness (dropout, drop-path) from (seed, rank, step): exact on resume.
@@ -105,7 +105,7 @@ class GeoposeTask(L.LightningModule):
         self.stopped_reason = reason
         self.trainer.should_stop = True
 
-    def training_step(self, batch: dict, batch_idx: int):
+    def training_step(self, batch: Batch, batch_idx: int):
         out = self(batch)
         total, parts = self.loss(out, batch)
         if self._any_rank(not bool(torch.isfinite(total.detach()))):
@@ -143,7 +143,7 @@ class GeoposeTask(L.LightningModule):
 
     # --- validation -------------------------------------------------------------------------
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if self.stopped_reason is not None:
             return
         out = self(batch)

@@ -3,7 +3,6 @@
 from geopose.transforms.geometric import (
     GeometricAugment,
     GeometricPlan,
-    Sample,
     affine,
     d4,
     fliplr,
@@ -13,6 +12,7 @@ from geopose.transforms.geometric import (
     transpose,
 )
 from geopose.transforms.photometric import PhotometricAugment
+from geopose.types import Sample
 
 __all__ = [
     "GeometricAugment",

@@ -1,8 +1,9 @@
 """Geometric augmentation that moves the image, AGL, MAG, angle and scale together.
 
-Every function takes and returns a :class:`Sample` (RGB, AGL in metres, angle in radians,
-scale in px/m, GSD in m/px); MAG is ``agl * scale`` and is derived from these when a batch is
-made, so it always follows. The target rules are :mod:`geopose.geometry`'s (CONVENTIONS.md):
+Every function takes and returns a :class:`geopose.types.Sample` (RGB, AGL in metres, angle
+in radians, scale in px/m, GSD in m/px); MAG is ``agl * scale`` and is derived from these when
+a batch is made, so it always follows. The target rules are :mod:`geopose.geometry`'s
+(CONVENTIONS.md):
 
 - the D4 group (flips, transpose, quarter turns): pixels moved exactly, angle by the table;
 - :func:`affine`: rotation by θ counter-clockwise as displayed and zoom by f: angle + θ,
@@ -36,33 +37,10 @@ from geopose.geometry import (
     scale_resize,
     wrap_angle,
 )
+from geopose.types import Sample, window  # their owner; re-exported for transforms' users
 
 MAX_AGL_M = 200.0
 """Height scaling is limited so that the tallest height stays below this (m), as the baseline."""
-
-
-@dataclass
-class Sample:
-    """One training image and its targets.
-
-    ``rgb`` H×W×3 uint8; ``agl`` H×W float32 metres (NaN = missing) or None; ``angle`` radians
-    [0, 2π); ``scale`` px/m; ``gsd`` m/px.
-    """
-
-    rgb: np.ndarray
-    agl: np.ndarray | None
-    angle: float
-    scale: float
-    gsd: float
-
-    def replace(self, **changes) -> Sample:
-        """A copy with some fields replaced."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, columns) in pixels."""
-        return self.rgb.shape[0], self.rgb.shape[1]
 
 
 def _contig(a: np.ndarray | None) -> np.ndarray | None:
@@ -263,21 +241,6 @@ def height_scale(sample: Sample, k: float, step_px: float = 1.0, max_steps: int 
 
 
 # --- crops ------------------------------------------------------------------------------------
-
-
-def window(arr: np.ndarray, r0: int, c0: int, h: int, w: int, fill) -> np.ndarray:
-    """``arr[r0:r0+h, c0:c0+w]`` of an (H, W, ...) array (a memmap is read only there), padded
-    with ``fill`` where the window leaves the array."""
-    rows, cols = arr.shape[:2]
-    r1, c1 = max(r0, 0), max(c0, 0)
-    r2, c2 = min(r0 + h, rows), min(c0 + w, cols)
-    part = np.asarray(arr[r1:r2, c1:c2]) if r2 > r1 and c2 > c1 else None
-    if part is not None and part.shape[:2] == (h, w):
-        return np.array(part)
-    out = np.full((h, w, *arr.shape[2:]), fill, dtype=arr.dtype)
-    if part is not None:
-        out[r1 - r0 : r2 - r0, c1 - c0 : c2 - c0] = part
-    return out
 
 
 def center_crop(sample: Sample, size: int) -> Sample:
