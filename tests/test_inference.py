@@ -27,6 +27,8 @@ from geopose.inference import (
     average_outputs,
     d4_direction,
     d4_direction_inverse,
+    d4_field,
+    d4_field_inverse,
     d4_tensor,
     d4_tensor_inverse,
     predict_tiled,
@@ -34,6 +36,7 @@ from geopose.inference import (
     tile_starts,
     tta_views,
 )
+from geopose.inference.runner import ModelRunner
 from geopose.inference.tiling import axis_weights
 from geopose.inference.tta import FLIPLR, FLIPUD
 from geopose.models import GeoposeOutput, create_model
@@ -312,3 +315,76 @@ def test_cuda_out_of_memory_falls_back_to_smaller_tiles(monkeypatch):
     pred.device = torch.device("cuda")  # only the fallback looks at it; _run is faked
     out = pred.predict(rgb, 0.3)
     assert tiles[1:] == [0, 400, 256] and out.agl.shape == (600, 800)
+
+
+# --- flow and ramps survive every step (issue 16) -----------------------------------------
+
+
+def _gradient(agl: torch.Tensor) -> torch.Tensor:
+    """∇AGL (d/dcol, d/drow) by central differences (as a ramp head's target), B×2×H×W."""
+    gx = torch.zeros_like(agl)
+    gy = torch.zeros_like(agl)
+    gx[..., 1:-1] = (agl[..., 2:] - agl[..., :-2]) / 2
+    gy[..., 1:-1, :] = (agl[..., 2:, :] - agl[..., :-2, :]) / 2
+    return torch.cat([gx, gy], dim=1)
+
+
+@pytest.mark.parametrize("k,t", D4)
+def test_vector_maps_turn_with_the_image(k, t):
+    """A gradient field of a moved height map is the moved gradient field: pixels moved and
+    vectors turned by the direction rule; the inverse undoes it."""
+    agl = torch.rand(2, 1, 6, 9, generator=torch.Generator().manual_seed(k + 4 * t))
+    field = _gradient(agl)
+    moved = d4_field(field, k, t)
+    torch.testing.assert_close(moved, _gradient(d4_tensor(agl, k, t)), rtol=0, atol=0)
+    torch.testing.assert_close(d4_field_inverse(moved, k, t), field, rtol=0, atol=0)
+
+
+class FlowConv(LocalConv):
+    """LocalConv with a dense flow and ramp field (its two map channels, mixed)."""
+
+    def forward(self, image, gsd, city):
+        out = super().forward(image, gsd, city)
+        both = torch.cat([out.agl, out.mag], dim=1)
+        return out._replace(flow=both, ramp=both.flip(1) * 0.5)
+
+
+def test_runner_ensemble_tta_keep_flow_and_ramp():
+    x = torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(3))
+    g = torch.tensor([0.3, 0.3])
+    m1, m2 = FlowConv(), FlowConv()
+    with torch.no_grad():
+        m2.c2.bias += 1.0
+        single = ModelRunner(m1)(x, g, None)
+        assert single.flow.dtype == torch.float32 and single.ramp.shape == (2, 2, 16, 20)
+        ens = Ensemble([m1, m2], weights=[3, 1])(x, g, None)
+        want = (3 * m1(x, g, None).flow + m2(x, g, None).flow) / 4
+        torch.testing.assert_close(ens.flow, want)
+        tta = predict_tta(m1, x, g, None, "d4", max_batch=5)
+    assert tta.flow.shape == tta.ramp.shape == (2, 2, 16, 20)
+
+
+def test_d4_tta_flow_and_ramp_are_equivariant(model):
+    """cpu_small has a ramp head: its D4-TTA ramp field moves and turns with the image."""
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    g, c = torch.tensor([0.4]), torch.tensor([1])
+    with torch.inference_mode():
+        base = predict_tta(model, x, g, c, "d4", 8)
+        for k, t in ((1, False), (3, True)):
+            moved = predict_tta(model, d4_tensor(x, k, t), g, c, "d4", 8)
+            assert moved.ramp is not None
+            want = d4_field(base.ramp, k, t)
+            torch.testing.assert_close(moved.ramp, want, atol=1e-5, rtol=1e-4)
+
+
+def test_tiled_blends_flow_and_ramp():
+    model = FlowConv()
+    img = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (3, 150, 200), np.uint8))
+    fn = lambda x, g, c: predict_tta(model, x, g, c, "flip")  # noqa: E731
+    with torch.inference_mode():
+        whole = fn(img[None].float() / 255, torch.tensor([0.3]), None)
+        tiled = predict_tiled(fn, img, 0.3, None, tile=64, overlap=24, tiles_per_call=3)
+    assert tiled.flow.shape == tiled.ramp.shape == (1, 2, 150, 200)
+    torch.testing.assert_close(tiled.flow, whole.flow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiled.ramp, whole.ramp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiled.agl, whole.agl, atol=1e-5, rtol=1e-5)

@@ -1,25 +1,23 @@
 """The one averaging rule of TTA views, tiles, checkpoints and models (CONVENTIONS.md).
 
-Maps (AGL m, MAG px) and scales (px/m) are weighted arithmetic means; directions are averaged as
-unit vectors ``(sin a, cos a)``, weighted, then renormalised. Optionally (``shrink_scale``) the
-scale is also multiplied by the length of that mean of unit vectors (1 when the views agree, 0
-when they cancel): the image's mean flow vector, the best guess under a squared-error score
-when the direction is uncertain (but not the physical scale: leave it off to rectify).
+Maps (AGL m, MAG px, and the dense flow px and facade ramps m/px of models that have them) and
+scales (px/m) are weighted arithmetic means; directions are averaged as unit vectors
+``(sin a, cos a)``, weighted, then renormalised (:func:`geopose.types.unit_vector`: a zero
+direction, no evidence, adds nothing, and views that cancel give zero, "unknown").
+
+Optionally (``shrink_scale``) the scale is also multiplied by the length of that mean of unit
+vectors (1 when the views agree, 0 when they cancel): the image's mean flow vector, the best
+guess under a squared-error score when the direction is uncertain (but not the physical scale:
+leave it off to rectify).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-EPS = 1e-12
-
-
-def unit(direction: torch.Tensor) -> torch.Tensor:
-    """Normalise direction vectors (…×2) to unit length (a zero vector stays zero)."""
-    return direction / direction.norm(dim=-1, keepdim=True).clamp_min(EPS)
+from geopose.types import GeoposeOutput, unit_vector
 
 
 def _weights(
@@ -47,26 +45,26 @@ def mean_direction(directions: Sequence[torch.Tensor], weights=None) -> torch.Te
     renormalisation magnifies rounding errors.
     """
     dtype = directions[0].dtype
-    mean = weighted_mean([unit(d.double()) for d in directions], weights)
-    return unit(mean).to(dtype)
+    mean = weighted_mean([unit_vector(d.double()) for d in directions], weights)
+    return unit_vector(mean).to(dtype)
 
 
-def average_outputs(outputs: Sequence[Any], weights=None, shrink_scale: bool = False) -> Any:
-    """Average model outputs (``agl``, ``mag``, ``direction``, ``scale``) by the rule above;
-    ``shrink_scale`` multiplies the scale by the agreement of the directions (module doc).
-
-    Returns an output of the same type as the first one, built from the four fields.
-    """
+def average_outputs(
+    outputs: Sequence[GeoposeOutput], weights=None, shrink_scale: bool = False
+) -> GeoposeOutput:
+    """Average model outputs field by field by the rule above (an optional field, ``flow`` or
+    ``ramp``, is kept when every output has it); ``shrink_scale`` multiplies the scale by the
+    agreement of the directions (module doc)."""
     if not outputs:
         raise ValueError("nothing to average")
-    first = outputs[0]
-    scale = weighted_mean([o.scale for o in outputs], weights)
-    if shrink_scale:
-        vec = weighted_mean([unit(o.direction.double()) for o in outputs], weights)
-        scale = scale * vec.norm(dim=-1).to(scale.dtype)
-    return type(first)(
-        agl=weighted_mean([o.agl for o in outputs], weights),
-        mag=weighted_mean([o.mag for o in outputs], weights),
-        direction=mean_direction([o.direction for o in outputs], weights),
-        scale=scale,
-    )
+
+    def mean(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        if name == "direction":
+            return mean_direction(parts, weights)
+        value = weighted_mean(parts, weights)
+        if name == "scale" and shrink_scale:
+            vec = weighted_mean([unit_vector(o.direction.double()) for o in outputs], weights)
+            value = value * vec.norm(dim=-1).to(value.dtype)
+        return value
+
+    return GeoposeOutput.combine(outputs, mean)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from geopose.types import env_rank
+
 T = TypeVar("T")
 
 
@@ -40,9 +42,10 @@ class DistInfo:
 
 
 def env_info() -> DistInfo:
-    """Rank, world size and local rank from the torchrun environment (single process if unset)."""
+    """Rank (:func:`geopose.types.env_rank`), world size and local rank from the torchrun
+    environment (a single process if unset)."""
     return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
+        rank=env_rank(),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
     )

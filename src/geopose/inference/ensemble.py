@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -29,6 +28,7 @@ from torch import nn
 
 from geopose.errors import GeoposeDataError
 from geopose.inference.average import average_outputs
+from geopose.types import GeoposeOutput
 
 Member = tuple[str | Path, float]
 """A model (checkpoint path or published model name) and its weight."""
@@ -48,7 +48,9 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def forward(self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None) -> Any:
+    def forward(
+        self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None
+    ) -> GeoposeOutput:
         outs = [m(image, gsd, city) for m in self.members]
         return outs[0] if len(outs) == 1 else average_outputs(outs, self.weights)
 

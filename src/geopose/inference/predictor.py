@@ -33,7 +33,6 @@ from geopose.inference.runner import ModelRunner
 from geopose.inference.tiling import predict_tiled
 from geopose.inference.tta import predict_tta, tta_views
 from geopose.io import (
-    CITIES,
     Georef,
     agl_name,
     city_of,
@@ -50,9 +49,15 @@ from geopose.io import (
     write_vflow,
 )
 from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
+from geopose.types import (  # owner of ImagePrediction, NO_DIRECTION_ANGLE, city_index
+    NO_DIRECTION_ANGLE,
+    GeoposeOutput,
+    ImagePrediction,
+    city_index,
+    direction_known,
+    image_to_unit,
+)
 
-NO_DIRECTION_ANGLE = 0.0
-"""Angle (rad) written for an image without direction evidence; its scale is 0 (zero flow)."""
 MIN_TILE = 256
 """Smallest tile (px) the CUDA out-of-memory fallback goes down to."""
 METRES_PER_DEGREE = 111_320.0
@@ -115,15 +120,6 @@ def find_images(images_dir: str | Path) -> list[Path]:
         and not image_stem(p).endswith(("_FLOW", "_OCCLUDED"))
     ]
     return sorted(keep, key=lambda p: p.name)
-
-
-def city_index(city: str | int | None) -> int:
-    """City code (``JAX``) or index -> index into ``geopose.io.CITIES``; unknown -> -1."""
-    if city is None:
-        return -1
-    if isinstance(city, (int, np.integer)):
-        return int(city) if 0 <= int(city) < len(CITIES) else -1
-    return CITIES.index(city) if city in CITIES else -1
 
 
 def metadata_lookup(images_dir: Path) -> dict[str, tuple[str, float]]:
@@ -241,7 +237,7 @@ def resolve_jobs(
                 raise exc
             failed.append((stem, str(exc)))
             continue
-        c = city_index(city) if city is not None else -1
+        c = city_index(city)
         if c < 0 and georef is None:
             c = city_index(city_of(stem))
         jobs.append(ImageJob(path, stem, float(g), c, georef, scene))
@@ -276,22 +272,6 @@ def outputs_valid(job: ImageJob, out_dir: Path) -> bool:
     except Exception:  # any unreadable output means "redo it"
         return False
     return True
-
-
-@dataclass
-class ImagePrediction:
-    """One image's prediction: AGL H×W float32 m, MAG H×W float32 px, angle rad, scale px/m.
-
-    ``direction_known`` is False when no view, tile or model found evidence of the flow
-    direction (e.g. a ramp fit on flat land): the flow is then zero (scale 0, MAG 0) and the
-    angle 0 rad is only a label (module :data:`NO_DIRECTION_ANGLE`).
-    """
-
-    agl: np.ndarray
-    mag: np.ndarray
-    angle: float
-    scale: float
-    direction_known: bool = True
 
 
 def write_outputs(
@@ -362,12 +342,12 @@ class Predictor:
 
     def _predict_batch(
         self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None
-    ) -> Any:
+    ) -> GeoposeOutput:
         return predict_tta(
             self.forward, image, gsd, city, self.tta, self.max_batch, self.shrink_scale
         )
 
-    def _run(self, img: torch.Tensor, gsd: float, city: int, tile: int) -> Any:
+    def _run(self, img: torch.Tensor, gsd: float, city: int, tile: int) -> GeoposeOutput:
         h, w = img.shape[-2:]
         if tile and max(h, w) > tile:
             per_call = max(1, self.max_batch // len(tta_views(self.tta)))
@@ -380,7 +360,7 @@ class Predictor:
                 tiles_per_call=per_call,
                 device=self.device,
             )
-        x = img[None].to(self.device).float().div_(255.0)
+        x = image_to_unit(img[None].to(self.device))
         g = torch.tensor([gsd], dtype=torch.float32, device=self.device)
         c = torch.tensor([city], dtype=torch.long, device=self.device)
         return self._predict_batch(x, g, c)
@@ -406,7 +386,7 @@ class Predictor:
                 tile = max(MIN_TILE, current // 2)  # retry in smaller tiles
         agl = out.agl[0, 0].clamp_min(0).cpu().numpy()
         direction = out.direction[0].double().cpu().numpy()
-        if not np.hypot(*direction) > 0.5:  # averaged directions are unit, or 0: no evidence
+        if not direction_known(direction):  # averaged directions are unit, or 0: no evidence
             # The only D4-invariant flow is zero, and it is the least-squares flow when the
             # direction is unknown: scale 0 (also without shrink_scale), a label for the angle.
             return ImagePrediction(
@@ -436,7 +416,7 @@ class Predictor:
         per_call = max(1, self.max_batch // len(tta_views(self.tta)))
         agl, direction, scale = [], [], []
         for i in range(0, x.shape[0], per_call):
-            batch = x[i : i + per_call].to(self.device).float().div_(255.0)
+            batch = image_to_unit(x[i : i + per_call].to(self.device))
             n = batch.shape[0]
             g = torch.full((n,), float(gsd), dtype=torch.float32, device=self.device)
             c = torch.full((n,), int(city), dtype=torch.long, device=self.device)

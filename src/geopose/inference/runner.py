@@ -6,18 +6,18 @@ image size goes in as it is.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from geopose.types import GeoposeOutput
 
 
 class ModelRunner(nn.Module):
     """Wrap a geopose model for inference: ``forward(image, gsd, city) -> output``.
 
     On CUDA the model runs in channels_last memory format under bf16 autocast (when ``amp``).
-    The output keeps the model's type with float32 ``agl``/``mag`` B×1×H×W (m, px),
-    ``direction`` B×2 and ``scale`` B (px/m).
+    The output has every field of the model's in float32: ``agl``/``mag`` B×1×H×W (m, px),
+    ``direction`` B×2, ``scale`` B (px/m), and ``flow``/``ramp`` when the model gives them.
     """
 
     def __init__(self, model: nn.Module, amp: bool = True, channels_last: bool = True) -> None:
@@ -34,15 +34,12 @@ class ModelRunner(nn.Module):
             self.model.to(memory_format=torch.channels_last)
         return self
 
-    def forward(self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None) -> Any:
+    def forward(
+        self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor | None
+    ) -> GeoposeOutput:
         cuda = image.device.type == "cuda"
         if cuda and self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.amp):
             out = self.model(image, gsd, city)
-        return type(out)(
-            agl=out.agl.float(),
-            mag=out.mag.float(),
-            direction=out.direction.float(),
-            scale=out.scale.float(),
-        )
+        return out.map(lambda _, x: x.float())

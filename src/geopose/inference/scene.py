@@ -58,7 +58,7 @@ import numpy as np
 
 from geopose.errors import GeoposeDataError
 from geopose.geometry import vector_to_angle
-from geopose.inference.predictor import NO_DIRECTION_ANGLE, Predictor, RunSummary, flow_name
+from geopose.inference.predictor import Predictor, RunSummary, flow_name
 from geopose.inference.tiling import axis_weights, tile_starts
 from geopose.io import (
     agl_name,
@@ -68,6 +68,7 @@ from geopose.io import (
     write_text_atomic,
     write_vflow,
 )
+from geopose.types import NO_DIRECTION_ANGLE, direction_known
 
 SCENE_TILE = 1024
 """Default tile side (px) of scene prediction."""
@@ -157,10 +158,9 @@ class PoseVote:
     def add(self, direction: np.ndarray, scale: float, weight: float) -> bool:
         """Add one tile's vote (``direction`` (sin, cos), ``scale`` px/m, ``weight`` px);
         returns False (and adds nothing) for a tile without direction evidence."""
-        norm = float(np.hypot(*direction))
-        if not norm > 0.5 or not weight > 0 or not math.isfinite(scale):  # unit, or 0: none
+        if not direction_known(direction) or not weight > 0 or not math.isfinite(scale):
             return False
-        self.vector += weight * np.asarray(direction, dtype=np.float64) / norm
+        self.vector += weight * np.asarray(direction, dtype=np.float64) / np.hypot(*direction)
         self.scale_sum += weight * float(scale)
         self.weight += weight
         return True
@@ -533,7 +533,7 @@ def predict_scene(
         predictor: the models, TTA and device (its ``tile_size`` is not used: ``tile`` is).
         scene: the open scene; its ``read`` gives the stretched display bands and validity.
         out_dir: output folder (created); ``stem``: output name prefix.
-        city: city index into ``geopose.io.CITIES`` (-1 unknown).
+        city: city index into ``geopose.types.CITIES`` (-1 unknown).
         tile, overlap: tile side and least overlap (px) of the blended tiles; ``margin``
             (default ``overlap // 4``) px next to inner tile edges get zero weight.
         overwrite: redo a scene whose outputs are complete (else it is skipped); partial

@@ -4,7 +4,8 @@ Tiles are ``tile`` px squares (clipped to the image) spread evenly so that neigh
 at least ``overlap`` px. Each tile's maps are weighted by a smooth window that is 0 for the
 ``margin`` px next to an inner tile edge (where the tile's zero padding disturbs the model) and
 rises as sin² to 1 across the rest of the overlap; image borders are not tapered. Over an overlap
-the two windows sum to 1, and the stitched map is ``Σ w·map / Σ w``. The image-level direction
+the two windows sum to 1, and every stitched map (AGL, MAG, and flow and ramps when the model
+has them) is ``Σ w·map / Σ w``. The image-level direction
 and scale are the weighted vector / arithmetic means of the tiles', each tile weighted by the
 sum of its window (its effective area).
 """
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
 from geopose.inference.average import mean_direction, weighted_mean
+from geopose.types import FIELD_KINDS, GeoposeOutput, image_to_unit
 
-PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Any]
+PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], GeoposeOutput]
 """``fn(image B×3×h×w in [0, 1], gsd B m/px, city B | None) -> output`` (model, TTA, ensemble)."""
 
 
@@ -66,21 +67,22 @@ def predict_tiled(
     margin: int | None = None,
     tiles_per_call: int = 4,
     device: torch.device | str | None = None,
-) -> Any:
+) -> GeoposeOutput:
     """Predict one image (3×H×W, uint8 or float in [0, 1]) tile by tile and blend.
 
     Args:
         predict: the per-batch predictor (model, ensemble or TTA wrapper).
         image: the image, on any device; tiles move to ``device`` (default: the image's).
-        gsd: m/px; ``city``: index into ``geopose.io.CITIES`` or None/-1 (unknown).
+        gsd: m/px; ``city``: index into ``geopose.types.CITIES`` or None/-1 (unknown).
         tile: tile side (px); an image no larger than ``tile`` is predicted in one piece.
         overlap: least overlap of neighbouring tiles (px), default ``tile // 4``.
         margin: px next to an inner tile edge given zero weight, default ``overlap // 4``.
         tiles_per_call: tiles passed to ``predict`` at once.
 
     Returns:
-        An output of ``predict``'s type with batch size 1: ``agl``/``mag`` 1×1×H×W (m, px),
-        ``direction`` 1×2 unit, ``scale`` (1,) px/m.
+        The output with batch size 1: ``agl``/``mag`` 1×1×H×W (m, px), ``direction`` 1×2 unit
+        (or zero: no evidence), ``scale`` (1,) px/m, and ``flow``/``ramp`` 1×2×H×W when the
+        model gives them.
     """
     _, h, w = image.shape
     overlap = tile // 4 if overlap is None else overlap
@@ -91,34 +93,37 @@ def predict_tiled(
     wr, wc = axis_weights(rows, th, h, margin), axis_weights(cols, tw, w, margin)
     boxes = [(r, c, np.outer(wr[i], wc[j])) for i, r in enumerate(rows) for j, c in enumerate(cols)]
 
-    acc_agl = torch.zeros(1, 1, h, w, dtype=torch.float32, device=device)
-    acc_mag = torch.zeros_like(acc_agl)
-    acc_w = torch.zeros_like(acc_agl)
+    maps = [n for n, kind in FIELD_KINDS.items() if kind in ("map", "vector_map")]
+    acc: dict[str, torch.Tensor] = {}  # Σ w·map per map field, 1×C×H×W
+    acc_w = torch.zeros(1, 1, h, w, dtype=torch.float32, device=device)
     dirs, scales, tile_w = [], [], []
-    like = None
+    first: GeoposeOutput | None = None
     for i in range(0, len(boxes), max(1, tiles_per_call)):
         chunk = boxes[i : i + tiles_per_call]
         batch = torch.stack([image[:, r : r + th, c : c + tw] for r, c, _ in chunk]).to(device)
-        if not batch.is_floating_point():
-            batch = batch.float() / 255.0
+        batch = image_to_unit(batch)
         n = len(chunk)
         g = torch.full((n,), float(gsd), device=device)
         ct = None if city is None else torch.full((n,), int(city), dtype=torch.long, device=device)
         out = predict(batch, g, ct)
-        like = out
+        first = out if first is None else first
         for j, (r, c, win) in enumerate(chunk):
             wt = torch.as_tensor(win, dtype=torch.float32, device=device)
-            acc_agl[..., r : r + th, c : c + tw] += wt * out.agl[j, 0].float()
-            acc_mag[..., r : r + th, c : c + tw] += wt * out.mag[j, 0].float()
+            for name in maps:
+                x = getattr(out, name)
+                if x is None:
+                    continue
+                if name not in acc:
+                    acc[name] = torch.zeros(1, x.shape[1], h, w, dtype=torch.float32, device=device)
+                acc[name][..., r : r + th, c : c + tw] += wt * x[j].float()
             acc_w[..., r : r + th, c : c + tw] += wt
             dirs.append(out.direction[j].double())
             scales.append(out.scale[j].double())
             tile_w.append(float(win.sum()))
     if len(boxes) == 1:
-        return like
-    return type(like)(
-        agl=acc_agl / acc_w,
-        mag=acc_mag / acc_w,
-        direction=mean_direction(dirs, tile_w)[None].float(),
-        scale=weighted_mean(scales, tile_w)[None].float(),
-    )
+        return first
+    blended = {
+        "direction": mean_direction(dirs, tile_w)[None].float(),
+        "scale": weighted_mean(scales, tile_w)[None].float(),
+    }
+    return first.map(lambda name, _: blended[name] if name in blended else acc[name] / acc_w)

@@ -3,7 +3,8 @@
 Each view transforms the image (``geopose.geometry.D4`` element ``(k, transpose)``: transpose
 first if asked, then ``k`` quarter turns counter-clockwise as displayed), runs the model, and
 transforms the prediction back: the AGL/MAG maps by the inverse image transform, the direction
-vector by the inverse angle rule of CONVENTIONS.md. The views are then averaged
+vector by the inverse angle rule of CONVENTIONS.md, and the two-channel vector maps of models
+that have them (flow, ramps) by both. The views are then averaged
 (:func:`geopose.inference.average.average_outputs`). Because the view set is a group, the ``d4``
 prediction is exactly equivariant to the eight D4 transforms of the input.
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any
 
 import numpy as np
 import torch
 
 from geopose.geometry import D4, angle_to_vector, d4_angle, d4_angle_inverse
 from geopose.inference.average import average_outputs
+from geopose.types import FIELD_KINDS, GeoposeOutput
 
 View = tuple[int, bool]
 """A D4 element ``(k, transpose)`` as in :data:`geopose.geometry.D4`."""
@@ -39,7 +40,7 @@ TTA_VIEWS: dict[str, tuple[View, ...]] = {
 }
 """View sets by name: identity; + left-right mirror; the four flips/half-turn; all eight."""
 
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Any]
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], GeoposeOutput]
 """``forward(image B×3×H×W in [0, 1], gsd B m/px, city B long | None) -> output``."""
 
 
@@ -90,6 +91,19 @@ def d4_direction_inverse(direction: torch.Tensor, k: int, transpose: bool) -> to
     return direction @ m.to(direction.device).T
 
 
+def d4_field(field: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """A B×2×H×W vector map (channels (column, row) components, as flow and ramps) after the
+    D4 element: pixels moved by :func:`d4_tensor`, each vector turned by :func:`d4_direction`."""
+    turned = d4_direction(field.movedim(1, -1), k, transpose).movedim(-1, 1)
+    return d4_tensor(turned, k, transpose)
+
+
+def d4_field_inverse(field: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """Undo :func:`d4_field`."""
+    turned = d4_direction_inverse(field.movedim(1, -1), k, transpose).movedim(-1, 1)
+    return d4_tensor_inverse(turned, k, transpose)
+
+
 def view_shape(shape: tuple[int, int], view: View) -> tuple[int, int]:
     """(H, W) of an H×W image after the view (odd turns xor transpose swap the axes)."""
     k, t = view
@@ -99,30 +113,16 @@ def view_shape(shape: tuple[int, int], view: View) -> tuple[int, int]:
 # --- batched TTA ----------------------------------------------------------------------------
 
 
-def _invert(out: Any, view: View, like: Any) -> Any:
+def _invert(out: GeoposeOutput, view: View) -> GeoposeOutput:
+    """A view's output in the input image's frame, every field by its kind (float32)."""
     k, t = view
-    return type(like)(
-        agl=d4_tensor_inverse(out.agl.float(), k, t),
-        mag=d4_tensor_inverse(out.mag.float(), k, t),
-        direction=d4_direction_inverse(out.direction.float(), k, t),
-        scale=out.scale.float(),
-    )
-
-
-def _slice(out: Any, sl: slice) -> Any:
-    return type(out)(
-        agl=out.agl[sl], mag=out.mag[sl], direction=out.direction[sl], scale=out.scale[sl]
-    )
-
-
-def _concat(parts: Sequence[Any]) -> Any:
-    first = parts[0]
-    return type(first)(
-        agl=torch.cat([p.agl for p in parts]),
-        mag=torch.cat([p.mag for p in parts]),
-        direction=torch.cat([p.direction for p in parts]),
-        scale=torch.cat([p.scale for p in parts]),
-    )
+    undo = {
+        "map": d4_tensor_inverse,
+        "vector_map": d4_field_inverse,
+        "vector": d4_direction_inverse,
+        "scalar": lambda x, k, t: x,
+    }
+    return out.map(lambda name, x: undo[FIELD_KINDS[name]](x.float(), k, t))
 
 
 def run_batched(
@@ -131,7 +131,7 @@ def run_batched(
     gsd: torch.Tensor,
     city: torch.Tensor | None,
     max_batch: int,
-) -> Any:
+) -> GeoposeOutput:
     """``forward`` over a batch in chunks of at most ``max_batch`` images, outputs concatenated."""
     n = image.shape[0]
     step = max(1, int(max_batch))
@@ -141,7 +141,9 @@ def run_batched(
         )
         for i in range(0, n, step)
     ]
-    return parts[0] if len(parts) == 1 else _concat(parts)
+    if len(parts) == 1:
+        return parts[0]
+    return GeoposeOutput.combine(parts, lambda _, xs: torch.cat(xs))
 
 
 def predict_tta(
@@ -152,7 +154,7 @@ def predict_tta(
     tta: str | Sequence[View] = "d4",
     max_batch: int = 8,
     shrink_scale: bool = False,
-) -> Any:
+) -> GeoposeOutput:
     """Predict a batch with test-time augmentation.
 
     Args:
@@ -165,12 +167,13 @@ def predict_tta(
             (``average_outputs``): the mean flow when the views disagree on the direction.
 
     Returns:
-        The averaged output (same type as ``forward``'s): ``agl``/``mag`` B×1×H×W (m, px),
-        ``direction`` B×2 unit ``(sin a, cos a)``, ``scale`` B (px/m).
+        The averaged output: ``agl``/``mag`` B×1×H×W (m, px), ``direction`` B×2 unit
+        ``(sin a, cos a)`` (or zero: no evidence), ``scale`` B (px/m), and the ``flow`` /
+        ``ramp`` maps B×2×H×W of models that have them.
     """
     views = tta_views(tta) if isinstance(tta, str) else tuple(tta)
     b = image.shape[0]
-    per_view: dict[View, Any] = {}
+    per_view: dict[View, GeoposeOutput] = {}
     # Views of one shape go through the model together (all eight for a square image).
     groups: dict[tuple[int, int], list[View]] = {}
     for v in views:
@@ -182,7 +185,6 @@ def predict_tta(
             forward, batch, gsd.repeat(reps), None if city is None else city.repeat(reps), max_batch
         )
         for i, v in enumerate(group):
-            per_view[v] = _slice(out, slice(i * b, (i + 1) * b))
-    like = per_view[views[0]]
-    inverted = [_invert(per_view[v], v, like) for v in views]
+            per_view[v] = out.map(lambda _, x, i=i: x[i * b : (i + 1) * b])
+    inverted = [_invert(per_view[v], v) for v in views]
     return average_outputs(inverted, shrink_scale=shrink_scale)
