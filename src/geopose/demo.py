@@ -122,12 +122,13 @@ def make_data(s: DemoSettings, log: Log, on_progress: ProgressFn | None = None) 
     )
 
 
-def train_config(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> dict:
-    """A recipe (the demo's: ``cpu_small``) on the demo data, time-boxed to ``minutes``."""
+def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> list[str]:
+    """The overrides that put a recipe (the demo's: ``cpu_small``) on the demo data,
+    time-boxed to ``minutes``."""
     from geopose.config import resolve_config
 
     crop = min(resolve_config(recipe, [])["data"]["crop"], s.size)
-    overrides = [
+    return [
         f"data.root={s.data.resolve()}",
         f"data.crop={crop}",
         f"train.max_minutes={minutes:.3f}",
@@ -136,7 +137,13 @@ def train_config(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> 
         "train.ckpt_every_steps=20",
         *s.overrides,
     ]
-    return resolve_config(recipe, overrides)
+
+
+def train_config(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> dict:
+    """A recipe (the demo's: ``cpu_small``) on the demo data, time-boxed to ``minutes``."""
+    from geopose.config import resolve_config
+
+    return resolve_config(recipe, train_overrides(s, minutes, recipe))
 
 
 def train_model(
@@ -144,21 +151,21 @@ def train_model(
 ) -> Path:
     """Train (or resume, or reuse) the demo model for at most ``minutes`` of training time
     (``train.max_minutes``; ``callbacks``, Lightning's, may stop it sooner); returns the
-    checkpoint to predict with."""
-    from geopose.training.run import train
+    checkpoint to predict with. Resumes as ``geopose train --resume`` does
+    (:func:`geopose.training.run.plan_run`)."""
+    from geopose.training.run import SUMMARY, has_ended, plan_run
 
-    summary_path = s.run / "summary.json"
-    if not summary_path.is_file():
-        resume = (s.run / "checkpoints" / "last.ckpt").is_file()
+    if not has_ended(s.run):
+        overrides = train_overrides(s, minutes)
+        plan = plan_run(s.run, DEMO_RECIPE, overrides, resume="auto", overwrite=True)
         log(
-            f"train: {'resuming' if resume else 'training'} {DEMO_RECIPE} for up to "
+            f"train: {'resuming' if plan.resume else 'training'} {DEMO_RECIPE} for up to "
             f"{minutes:.1f} min"
         )
-        cfg = train_config(s, minutes)
-        train(cfg, s.run, resume=resume, overwrite=not resume, callbacks=callbacks)
+        plan.train(callbacks)
     else:
         log(f"train: reusing {s.run}")
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads((s.run / SUMMARY).read_text())
     best = summary.get("best_checkpoint")
     ckpt = Path(best) if best and Path(best).is_file() else Path(summary["last_checkpoint"])
     log(f"train: {summary['global_step']} steps; predicting with {ckpt.name}")

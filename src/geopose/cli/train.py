@@ -45,37 +45,26 @@ def train(
     Runs on CPU, one GPU (bf16-mixed) or many (DDP: train.devices=N, or under torchrun,
     multi-node with train.num_nodes). Stops with a clear message if the loss turns NaN.
     """
-    from geopose.config import load_config, resolve_config
     from geopose.errors import ConfigError
-    from geopose.training.run import check_resume_config
-    from geopose.training.run import train as run_training
+    from geopose.training.run import plan_run
 
-    overrides = list(overrides or [])
-    if resume is not None:
-        if out is not None and Path(out).resolve() != Path(resume).resolve():
-            raise ConfigError("--resume RUN continues RUN in place; drop --out or make it RUN")
-        saved = load_config(Path(resume) / "config.yaml")
-        extra = [f"data.root={data}"] if data is not None else []
-        cfg = resolve_config(saved, extra + overrides)
-        if config is not None:
-            check_resume_config(saved, resolve_config(config, overrides))
-        out = Path(resume)
-    else:
-        if config is None or out is None:
-            raise ConfigError("geopose train needs --config RECIPE and --out RUN (or --resume RUN)")
-        extra = [f"data.root={data.resolve()}"] if data is not None else []
-        if init_from is not None:
-            spec = Path(init_from).resolve() if Path(init_from).exists() else init_from
-            extra.append(f"train.init_from={spec}")
-        cfg = resolve_config(config, extra + overrides)
-    if cfg["data"]["root"] is None:
-        raise ConfigError("no data: pass --data DATA (a data folder or a geopose prepare cache)")
-    name, root = cfg.get("name", config), cfg["data"]["root"]
+    if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise ConfigError("--resume RUN continues RUN in place; drop --out or make it RUN")
+    plan = plan_run(
+        resume if resume is not None else out,
+        config,
+        overrides or [],
+        data=data,
+        resume=resume is not None,
+        init_from=init_from,
+        overwrite=overwrite,
+    )
+    name, root = plan.config.get("name", config), plan.config["data"]["root"]
     console.print(
-        f"training [bold]{escape(str(name))}[/] on {escape(str(root))} -> {escape(str(out))}",
+        f"training [bold]{escape(str(name))}[/] on {escape(str(root))} -> {escape(str(plan.out))}",
         highlight=False,
     )
-    summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite)
+    summary = plan.train()
     score = summary["best_score"]
     best = (
         f", best val score {score:.4f} ({escape(str(summary['best_checkpoint']))})" if score else ""

@@ -10,6 +10,9 @@ Run folder ``RUN/``::
     logs/csv/version_N/metrics.csv, logs/tensorboard/version_N/   one version per (re)start
     summary.json                steps, best score and checkpoint, wall time, per-rank checksums
 
+:func:`plan_run` decides what a training does (start afresh or resume, with which config) for
+``geopose train`` and ``geopose demo`` alike; :meth:`RunPlan.train` runs it (:func:`train`).
+
 Everything is checked (config, data, folds, devices, ``init_from``) before anything is written,
 and every file is written atomically (a temporary file, then a rename): a run killed at any
 moment resumes from its newest complete checkpoint, and the temporary files a kill leaves are
@@ -25,8 +28,11 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -34,7 +40,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from geopose.config import save_config
+from geopose.config import load_config, resolve_config, save_config
 from geopose.errors import ConfigError, GeoposeDataError, GeoposeError, OutputExistsError
 from geopose.models.model import without_pretrained
 from geopose.training.datamodule import GeoposeDataModule
@@ -42,7 +48,9 @@ from geopose.training.task import GeoposeTask
 
 CKPT_DIR = "checkpoints"
 LAST = "last.ckpt"
-RUN_FILES = ("config.yaml", "folds.csv", "summary.json")
+CONFIG = "config.yaml"
+SUMMARY = "summary.json"
+RUN_FILES = (CONFIG, "folds.csv", SUMMARY)
 RUN_DIRS = (CKPT_DIR, "logs")
 
 
@@ -326,8 +334,8 @@ def train(
         _prepare_run_dir(out, resume, overwrite)
         _remove_stale_temps(out)
         dm.write_folds()
-        save_config(config, out / "config.yaml")
-        save_config(config, ckpt_dir / "config.yaml")
+        save_config(config, out / CONFIG)
+        save_config(config, ckpt_dir / CONFIG)
     started = time.time()
     # checkpoints/ holds config.yaml (and, on resume, the checkpoints): expected, not a problem.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -336,7 +344,7 @@ def train(
     if trainer.is_global_zero:
         from geopose.io import write_text_atomic
 
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     if task.stopped_reason is not None:
         last = ckpt_dir / LAST
         kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved yet"
@@ -369,3 +377,74 @@ def check_resume_config(saved: dict, wanted: dict) -> None:
     for section in ("model", "loss"):
         if saved.get(section) != wanted.get(section):
             raise ConfigError(f"--resume: the {section} section differs from the run's config.yaml")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a training of the run folder ``out`` will do: start afresh (replacing a previous
+    run's files when ``overwrite``) or ``resume`` its last checkpoint, with ``config``."""
+
+    config: dict
+    out: Path
+    resume: bool
+    overwrite: bool = False
+
+    def train(self, callbacks: list[Callback] | None = None) -> dict:
+        """Run it (:func:`train`); returns the summary."""
+        return train(
+            self.config, self.out, resume=self.resume, overwrite=self.overwrite, callbacks=callbacks
+        )
+
+
+def has_ended(out: str | Path) -> bool:
+    """Whether a training of the run folder ``out`` has ended (its summary is written)."""
+    return (Path(out) / SUMMARY).is_file()
+
+
+def can_resume(out: str | Path) -> bool:
+    """Whether the run folder ``out`` holds a run to continue: its config and last checkpoint."""
+    out = Path(out)
+    return (out / CONFIG).is_file() and (out / CKPT_DIR / LAST).is_file()
+
+
+def plan_run(
+    out: str | Path | None,
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    data: str | Path | None = None,
+    resume: bool | Literal["auto"] = False,
+    init_from: str | None = None,
+    overwrite: bool = False,
+) -> RunPlan:
+    """The one place that decides how a run starts: ``geopose train`` and ``geopose demo``.
+
+    Fresh (``resume`` False): ``recipe`` + ``overrides`` (``data``: ``data.root``;
+    ``init_from``: ``train.init_from``, a file made absolute) into ``out``. Resumed (``resume``
+    True): ``out``'s saved ``config.yaml`` + ``overrides`` (``data`` moves the data); with a
+    ``recipe``, its model and loss must be the saved ones. ``resume="auto"``: resumed when
+    ``out`` has a run to continue (:func:`can_resume`), else fresh. Raises
+    :class:`ConfigError` (or the config file's :class:`GeoposeDataError`) before anything is
+    written.
+    """
+    overrides = list(overrides)
+    if resume == "auto":
+        resume = out is not None and can_resume(out)
+    if resume:
+        if out is None:
+            raise ConfigError("nothing to resume: no run folder given")
+        saved = load_config(Path(out) / CONFIG)
+        extra = [f"data.root={data}"] if data is not None else []
+        config = resolve_config(saved, extra + overrides)
+        if recipe is not None:
+            check_resume_config(saved, resolve_config(recipe, overrides))
+    else:
+        if recipe is None or out is None:
+            raise ConfigError("geopose train needs --config RECIPE and --out RUN (or --resume RUN)")
+        extra = [f"data.root={Path(data).resolve()}"] if data is not None else []
+        if init_from is not None:
+            spec = Path(init_from).resolve() if Path(init_from).exists() else init_from
+            extra.append(f"train.init_from={spec}")
+        config = resolve_config(recipe, extra + overrides)
+    if config["data"]["root"] is None:
+        raise ConfigError("no data: pass --data DATA (a data folder or a geopose prepare cache)")
+    return RunPlan(config, Path(out), bool(resume), overwrite)
