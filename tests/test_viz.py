@@ -226,3 +226,26 @@ def test_show_cli_bad_input(tmp_path, capsys):
     assert code == 1 and str(bad) in text and "evaluate" in text
     code, text = run_cli(capsys, "show", "--out", tmp_path / "o")
     assert code == 1 and "nothing to show" in text
+
+
+def test_write_figures_is_what_show_prints(fake_dataset, tmp_path):
+    """``geopose show`` draws ``write_figures``: its paths, its progress, its errors."""
+    from geopose.errors import ConfigError, OutputExistsError
+    from geopose.viz.show import write_figures
+
+    pred = tmp_path / "pred"
+    for stem in fake_dataset.train[:2]:
+        angle, scale = fake_dataset.vflow[stem]
+        write_prediction(pred, stem, np.nan_to_num(fake_dataset.agl[stem]), angle, scale)
+    calls = []
+    shown = write_figures(tmp_path / "f", pred=pred, on_progress=lambda *c: calls.append(c))
+    stems = sorted(fake_dataset.train[:2])
+    assert shown.figures == [tmp_path / "f" / f"{s}_figure.png" for s in stems]
+    assert shown.scores is None and shown.training is None
+    assert calls == [("figures", k, 2) for k in range(3)]
+    with pytest.raises(OutputExistsError):
+        write_figures(tmp_path / "f", pred=pred)
+    with pytest.raises(ConfigError, match="use either"):
+        write_figures(tmp_path / "g", pred=pred, agl=pred / f"{stems[0]}_AGL.tif")
+    with pytest.raises(GeoposeDataError, match="no complete prediction"):
+        write_figures(tmp_path / "g", pred=tmp_path)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from geopose.io import (
     write_geotiff,
     write_rgb,
 )
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 _EMPTY = np.int64(-1)
 _SRC_BITS = 31
@@ -382,7 +386,7 @@ def rectify_windowed(
     max_agl: float | None = None,
     window: int = WINDOW,
     blocksize: int = 512,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     """Rectify a scene of any size window by window into COGs (bounded memory).
 
@@ -561,7 +565,7 @@ def rectify_folder(
     images_dir: str | Path | None = None,
     overwrite: bool = False,
     fill_holes: bool = True,
-    on_done: Callable[[str, str], None] | None = None,
+    on_progress: ProgressFn | None = None,
     bands: Sequence[int] | None = None,
     stretch: str | None = None,
     nodata: float | None = None,
@@ -572,8 +576,8 @@ def rectify_folder(
     An image whose outputs all exist is skipped unless ``overwrite`` (an interrupted run
     resumes; partial outputs are redone). An image whose input cannot be read
     (:class:`GeoposeDataError`) goes to ``failed`` and the others go on; any other error
-    stops the run. ``on_done(stem, status)`` follows each image (``written``, ``skipped``,
-    ``failed``). Scenes (:func:`is_scene`; their images may also be named ``{stem}.tif``,
+    stops the run. ``on_progress("rectify", done, total)`` follows the images (whatever became
+    of them). Scenes (:func:`is_scene`; their images may also be named ``{stem}.tif``,
     ``.jp2``, ``.vrt``: :func:`find_image`) are rectified window by window, read with
     ``bands``, ``stretch`` and ``nodata``.
     """
@@ -588,7 +592,9 @@ def rectify_folder(
         )
     ensure_output_dir(out_dir)
     summary = FolderSummary()
-    for stem in stems:
+    if on_progress is not None:
+        on_progress("rectify", 0, len(stems))
+    for done, stem in enumerate(stems, 1):
         try:
             rgb = find_image(images_dir, stem) if images_dir is not None else None
             ref = rgb if rgb is not None else pred_dir / agl_name(stem)
@@ -598,7 +604,6 @@ def rectify_folder(
                 del paths["rgb"]
             if not overwrite and all(p.is_file() for p in paths.values()):
                 summary.skipped.append(stem)
-                status = "skipped"
             else:
                 # Without overwrite, existing outputs here are a partial set (an interrupted run).
                 rectify_files(
@@ -614,10 +619,8 @@ def rectify_folder(
                     nodata=nodata,
                 )
                 summary.written.append(stem)
-                status = "written"
         except GeoposeDataError as exc:
             summary.failed.append((stem, str(exc)))
-            status = "failed"
-        if on_done is not None:
-            on_done(stem, status)
+        if on_progress is not None:
+            on_progress("rectify", done, len(stems))
     return summary

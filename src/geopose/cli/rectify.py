@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, err_console, fail
+from geopose.cli.app import app, console, err_console, fail, progress_bar
 
 
 def _one(
@@ -31,20 +31,17 @@ def _folder(
     images: Path | None, pred: Path, out: Path, overwrite: bool, fill: bool, scene: dict
 ) -> None:
     from rich.markup import escape
-    from rich.progress import Progress
 
-    from geopose.io import prediction_stems
     from geopose.rectify import rectify_folder
 
-    with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("rectifying", total=len(prediction_stems(pred)) if pred.is_dir() else 0)
+    with progress_bar({"rectify": "rectifying"}) as on_progress:
         summary = rectify_folder(
             pred,
             out,
             images,
             overwrite=overwrite,
             fill_holes=fill,
-            on_done=lambda stem, status: bar.advance(task),
+            on_progress=on_progress,
             **scene,
         )
     done = f", {len(summary.skipped)} already done" if summary.skipped else ""

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console, fail
+from geopose.cli.app import app, console, err_console, fail, progress_bar
 
 
 @app.command()
@@ -26,24 +26,20 @@ def report(
     """Write one HTML page (embedded PNGs, inline CSS): the score table, per-city bars, the
     worst and best images with their figures, and a table of every image. Unreadable files are
     left out, listed on the page and at the end, and make the exit status 1."""
-    from rich.progress import track
-
     from geopose.viz.report import write_report
 
-    def progress(items):
-        return track(items, description="reading", console=console, transient=True)
-
     failed: list[tuple[str, str]] = []
-    path = write_report(
-        out,
-        pred_dir,
-        truth,
-        images,
-        n_show=n_show,
-        overwrite=overwrite,
-        progress=progress,
-        failed=failed,
-    )
+    with progress_bar({"read": "reading"}) as on_progress:
+        path = write_report(
+            out,
+            pred_dir,
+            truth,
+            images,
+            n_show=n_show,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            failed=failed,
+        )
     console.print(f"report: {escape(str(path))}", highlight=False, soft_wrap=True)
     if failed:
         for _stem, reason in failed:

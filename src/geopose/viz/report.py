@@ -12,14 +12,17 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geopose.errors import GeoposeDataError
 from geopose.io import agl_name, city_of, read_agl, read_rgb, read_vflow, vflow_name
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px auto;
@@ -141,7 +144,7 @@ def _failed(failed: list[tuple[str, str]] | None, stem: str, exc: GeoposeDataErr
 def collect(
     pred_dir: Path,
     truth_dir: Path | None,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    on_progress: ProgressFn | None = None,
     failed: list[tuple[str, str]] | None = None,
 ) -> tuple[list[ImageRow], dict | None]:
     """Read every prediction once (and its truth): per-image rows and, with truth, the pooled
@@ -149,7 +152,8 @@ def collect(
 
     An image whose files cannot be read (or differ in size from the truth) raises
     :class:`GeoposeDataError`, or, given a list ``failed``, is appended to it as
-    ``(stem, reason)`` and left out of the rows and scores.
+    ``(stem, reason)`` and left out of the rows and scores. ``on_progress("read", done,
+    total)`` follows the images.
     """
     from geopose.io import prediction_stems
 
@@ -168,11 +172,17 @@ def collect(
     if not stems:
         raise GeoposeDataError(pred_dir, "no complete prediction ({stem}_AGL.tif + _VFLOW.json)")
     rows = []
-    for stem in progress(stems) if progress else stems:
+    if on_progress is not None:
+        on_progress("read", 0, len(stems))
+    for done, stem in enumerate(stems, 1):
         try:
             row = _read_row(pred_dir, truth_dir, stem, acc is not None)
         except GeoposeDataError as exc:
             _failed(failed, stem, exc)
+            row = None
+        if on_progress is not None:
+            on_progress("read", done, len(stems))
+        if row is None:
             continue
         if acc is not None:
             acc.add(row.city, row.metrics.pop("_stats"))
@@ -253,7 +263,7 @@ def build_report(
     images_dir: str | Path | None = None,
     n_show: int = 3,
     title: str | None = None,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    on_progress: ProgressFn | None = None,
     failed: list[tuple[str, str]] | None = None,
 ) -> str:
     """The report page as an HTML string (see the module docstring).
@@ -271,7 +281,7 @@ def build_report(
     truth_dir = None if truth_dir is None else Path(truth_dir)
     images_dir = None if images_dir is None else Path(images_dir)
     failures: list[tuple[str, str]] | None = None if failed is None else []
-    rows, scores = collect(pred_dir, truth_dir, progress, failures)
+    rows, scores = collect(pred_dir, truth_dir, on_progress, failures)
     title = title or f"geopose report: {pred_dir.name}"
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -319,7 +329,7 @@ def write_report(
     images_dir: str | Path | None = None,
     n_show: int = 3,
     overwrite: bool = False,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    on_progress: ProgressFn | None = None,
     failed: list[tuple[str, str]] | None = None,
 ) -> Path:
     """Build the report and write it to ``out`` atomically (refusing to overwrite by default).
@@ -333,5 +343,7 @@ def write_report(
     out = check_output_file(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
-    page = build_report(pred_dir, truth_dir, images_dir, n_show, progress=progress, failed=failed)
+    page = build_report(
+        pred_dir, truth_dir, images_dir, n_show, on_progress=on_progress, failed=failed
+    )
     return write_text_atomic(out, page, overwrite=overwrite)
