@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console, fail
+from geopose.cli.app import app, console, fail, progress_bar
 
 models_app = typer.Typer(
     help="The published Overhead Geopose Challenge models: list them, download them.",
@@ -110,34 +110,16 @@ def download(
 ) -> None:
     """Download published models into the cache (resumable: re-run after an interruption;
     files appear only when complete). An ensemble name downloads all its members."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from geopose.models.zoo import catalog
 
     entries = [m for name in names for m in catalog.members_of(name)]
     if file is not None and len(entries) != 1:
         fail(f"--file goes with one model name, got {len(entries)} ({', '.join(entries)})")
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
+    with progress_bar(transfer=True) as on_progress:
         for name in dict.fromkeys(entries):
-            task = bar.add_task(name, total=None)
 
-            def progress(done: int, total: int | None, task=task) -> None:
-                bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int | None, name=name) -> None:
+                on_progress(name, done, total or 0)
 
             path = catalog.fetch(name, progress=progress, local_file=file, timeout=timeout)
-            bar.remove_task(task)
             console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)

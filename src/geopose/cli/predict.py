@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console, fail
+from geopose.cli.app import app, console, err_console, fail, progress_bar
 
 TTA_MODES = ("none", "flip", "d2", "d4")
 _STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"
@@ -138,13 +138,6 @@ def predict(
     GSD) are listed at the end and make the exit status 1.
     """
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from geopose.inference import distributed
     from geopose.inference.ensemble import read_ensemble_spec
@@ -169,24 +162,16 @@ def predict(
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda asked for, but no CUDA device is available")
     main = distributed.env_info().is_main
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not main,
-    ) as bar:
-        task = bar.add_task("predicting", total=None)
-        inner = {"task": None}
+    with progress_bar({"images": "predicting"}, disable=not main) as on_progress:
+        count = {"done": 0, "total": 0}  # run_predict's on_start / on_done, drawn as progress
 
-        def scene_progress(job, stage: str, done: int, total: int) -> None:
-            what = f"{job.stem}: {stage}"
-            if inner["task"] is None:
-                inner["task"] = bar.add_task(what, total=total)
-            bar.update(inner["task"], description=what, completed=done, total=total)
+        def on_start(n: int) -> None:
+            count["total"] = n
+            on_progress("images", 0, n)
+
+        def on_done(job, status: str) -> None:
+            count["done"] += 1
+            on_progress("images", count["done"], count["total"])
 
         report = run_predict(
             members,
@@ -201,15 +186,15 @@ def predict(
             city=city,
             tar=tar,
             overwrite=overwrite,
-            on_start=lambda n: bar.update(task, total=n),
-            on_done=lambda job, status: bar.advance(task),
+            on_start=on_start,
+            on_done=on_done,
             bands=band_list,
             stretch=stretch,
             nodata=nodata,
             rectify=rectify,
             scene_tile=scene_tile,
             scene_overlap=max(16, scene_tile // 8),
-            on_scene_progress=scene_progress,
+            on_scene_progress=lambda job, stage, d, t: on_progress(f"{job.stem}: {stage}", d, t),
         )
     if report is None:  # not rank 0
         return
