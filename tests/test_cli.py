@@ -72,3 +72,50 @@ def test_console_script_error_line(tmp_path):
     assert proc.returncode == 1
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'empty'}: neither")
+
+
+def test_progress_bar_draws_the_library_callback_and_steps_aside():
+    """The one adapter: ``on_progress(stage, done, total)`` -> a bar per stage, shown only while
+    a stage is under way (Lightning's own live bar may follow the data's rendering)."""
+    import io
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from geopose.cli.app import progress_bar
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with progress_bar({"synth": "rendering"}, console=console) as on_progress:
+        on_progress("synth", 0, 2)
+        on_progress("synth", 1, 2)
+        assert on_progress.bar.live.is_started
+        assert console.file.getvalue().count("rendering") >= 1
+        on_progress("synth", 2, 2)
+        assert not on_progress.bar.live.is_started
+        with Live(console=console):  # refused while another live display runs
+            pass
+        on_progress("bytes", 5, 0)  # unknown total: shown until the end
+        assert on_progress.bar.live.is_started
+    assert not on_progress.bar.live.is_started
+
+
+def test_no_library_module_draws():
+    """Only geopose.cli imports rich (training's Lightning RichProgressBar is Lightning's)."""
+    import ast
+    from pathlib import Path
+
+    import geopose
+
+    root = Path(geopose.__file__).parent
+    drawing = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            drawing += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("rich", "tqdm")]
+    assert drawing == []
