@@ -1,6 +1,10 @@
 """Training configuration: defaults of the ``data:`` and ``train:`` sections, merged with a
 recipe (``model:``/``loss:`` and optional ``data:``/``train:``) and ``key=value`` overrides.
 
+Every section has the same typed schema (:class:`~geopose.models.schema.Opt`: default, kind,
+bounds, choices, help): ``data:``/``train:`` here, ``model:``/``loss:`` in
+:mod:`geopose.models.options`.
+
 Precedence: defaults < recipe < overrides. An override is a dotted key and a YAML value
 (``train.lr=3e-4``, ``data.zoom_range=[0.8,1.25]``, ``model.encoder=resnet34``); a bare key
 (``lr=3e-4``) is accepted when it names exactly one ``data``/``train`` key. An unknown key or a
@@ -10,30 +14,16 @@ bad value raises :class:`~geopose.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import copy
-import difflib
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from geopose.errors import ConfigError
+from geopose.models import schema
+from geopose.models.schema import Opt, check_value, defaults_of, did_you_mean
 
 AUG_LEVELS = ("none", "light", "heavy")
-
-
-@dataclass(frozen=True)
-class Opt:
-    """One config key: its default, accepted kind, and constraints."""
-
-    default: Any
-    kind: str  # int | float | bool | str | range | path | devices
-    doc: str
-    choices: tuple = ()
-    min: float | None = None
-    max: float | None = None
-    nullable: bool = False
 
 
 DATA: dict[str, Opt] = {
@@ -137,98 +127,23 @@ SECTIONS: dict[str, dict[str, Opt]] = {"data": DATA, "train": TRAIN}
 
 def defaults() -> dict[str, dict[str, Any]]:
     """The ``data:`` and ``train:`` sections with every default filled in."""
-    return {
-        name: {k: copy.deepcopy(o.default) for k, o in spec.items()}
-        for name, spec in SECTIONS.items()
-    }
+    return {name: defaults_of(spec) for name, spec in SECTIONS.items()}
 
 
-# --- values ---------------------------------------------------------------------------------
-
-
-def _as_number(key: str, value: Any, kind: str) -> float | int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-        try:
-            value = float(value) if kind == "float" else int(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if kind == "int":
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_bounds(key: str, value: float, opt: Opt) -> None:
-    if opt.min is not None and value < opt.min:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {opt.min}")
-    if opt.max is not None and value > opt.max:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {opt.max}")
-
-
-def check_value(key: str, value: Any, opt: Opt) -> Any:
-    """Check and normalise one value against its :class:`Opt`; returns the clean value."""
-    if value is None:
-        if opt.nullable:
-            return None
-        raise ConfigError(f"{key}: may not be null")
-    kind = opt.kind
-    if kind in ("int", "float"):
-        value = _as_number(key, value, kind)
-        _check_bounds(key, value, opt)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        if opt.choices and value not in opt.choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(opt.choices)}")
-    elif kind == "path":
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
-        value = str(value)
-    elif kind == "range":
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise ConfigError(f"{key}: expected [lo, hi], got {value!r}")
-        lo, hi = (_as_number(key, v, "float") for v in value)
-        for v in (lo, hi):
-            _check_bounds(key, v, opt)
-        if lo > hi:
-            raise ConfigError(f"{key}: lo {lo} is above hi {hi}")
-        value = [lo, hi]
-    elif kind == "devices" and value != "auto":
-        value = _as_number(key, value, "int")
-        if value < 1:
-            raise ConfigError(f"{key}: expected 'auto' or a count >= 1, got {value!r}")
-    return value
+# --- checks -------------------------------------------------------------------------------
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {key!r}{did_you_mean(key, known)}")
 
 
 def check_section(name: str, section: Any) -> dict[str, Any]:
     """Check a whole ``data:``/``train:`` section (keys and values) and fill its defaults."""
     spec = SECTIONS[name]
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {section!r}")
-    out = {k: copy.deepcopy(o.default) for k, o in spec.items()}
-    for key, value in section.items():
+    for key in section if isinstance(section, dict) else ():
         if key not in spec:
             raise _unknown(f"{name}.{key}", [f"{name}.{k}" for k in spec])
-        out[key] = check_value(f"{name}.{key}", value, spec[key])
-    return out
+    return schema.check_section(name, spec, section)
 
 
 # --- overrides ------------------------------------------------------------------------------
