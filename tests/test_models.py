@@ -202,7 +202,8 @@ def test_kbrodt_mag_is_agl_times_scale():
 def test_dense_attention_follows_the_agl_edges():
     """The dense head averages its per-pixel directions with softmax(β·|∇AGL|) weights: with a
     sharp β the direction is the one on the building edge, with β → 0 the image's mean."""
-    from geopose.models.heads import DenseOrientationHead
+    from geopose.models.options import MODEL_DEFAULTS
+    from geopose.models.pose import DenseAttentionDirection
 
     agl = torch.zeros(1, 1, 16, 16)
     agl[..., 8:] = 10.0  # one 10 m step between columns 7 and 8
@@ -211,11 +212,12 @@ def test_dense_attention_follows_the_agl_edges():
     field = torch.zeros(1, 2, 16, 16)
     field[:, 1] = 1.0  # (sin, cos) = (0, 1) on flat pixels: angle 0
     field[:, :, :, 6:10] = torch.tensor([1.0, 0.0])[None, :, None, None]  # π/2 on the edge
-    sharp, flat = (DenseOrientationHead(2, beta=b) for b in (5.0, 1e-6))
-    for head in (sharp, flat):
-        head.field = torch.nn.Identity()  # the field is given: test the attention only
-    d_sharp = sharp(field, agl, (16, 16))[0]
-    d_flat = flat(field, agl, (16, 16))[0]
+    cfg = MODEL_DEFAULTS["direction"]
+    sharp, flat = (DenseAttentionDirection({**cfg, "beta": b}, 0, 2) for b in (5.0, 1e-6))
+    # the field is given: test the attention only
+    with torch.no_grad():
+        d_sharp = sharp.attend(field, agl, (16, 16))[0]
+        d_flat = flat.attend(field, agl, (16, 16))[0]
     torch.testing.assert_close(d_sharp, torch.tensor([1.0, 0.0]), atol=1e-3, rtol=0)
     # β → 0: plain mean of the unit field, 4 of 16 columns at π/2 -> atan2(1/4, 3/4)
     assert float(torch.atan2(d_flat[0], d_flat[1])) == pytest.approx(math.atan2(1, 3), abs=1e-3)

@@ -129,13 +129,13 @@ def test_ramp_config_errors():
     "ramp, message",
     [
         ({"min_slope": 3.0, "max_slope": 1.0}, "min_slope < max_slope"),
-        ({"min_slope": -0.1}, "min_slope < max_slope"),
-        ({"huber": 0.0}, "huber must be > 0"),
-        ({"iterations": 0}, "iterations >= 1"),
+        ({"min_slope": -0.1}, r"model\.ramp\.min_slope: -0\.1 is below the minimum 0"),
+        ({"huber": 0.0}, r"model\.ramp\.huber: 0\.0 must be > 0"),
+        ({"iterations": 0}, r"model\.ramp\.iterations: 0 is below the minimum 1"),
     ],
 )
 def test_bad_ramp_fit_settings_are_config_errors(ramp, message):
     with pytest.raises(ConfigError, match=message):
         create_model({**TINY_RAMP, "ramp": {"channels": 8, **ramp}})
-    with pytest.raises(ConfigError, match="max_slope must be > 0"):
+    with pytest.raises(ConfigError, match=r"loss\.ramp\.max_slope: 0\.0 must be > 0"):
         GeoposeLoss({"ramp": {"weight": 1.0, "max_slope": 0.0}})

@@ -19,6 +19,7 @@ from geopose.models.losses import (
 )
 from geopose.models.model import (
     CONFIG_DIR,
+    MODELS,
     GeoposeModel,
     GeoposeOutput,
     create_model,
@@ -31,6 +32,7 @@ from geopose.models.model import (
 
 __all__ = [
     "CONFIG_DIR",
+    "MODELS",
     "Encoder",
     "GeoposeLoss",
     "GeoposeModel",

@@ -1,4 +1,4 @@
-"""Geopose heads: dense AGL / MAG / flow maps and image-level direction and scale.
+"""Geopose heads' parts: dense AGL / MAG / flow / ramp maps, the pooled MLP and the pose fits.
 
 Units: AGL in metres, MAG and flow in pixels, direction a unit vector ``(sin a, cos a)`` =
 (dx, dy) in (column, row) axes, scale in pixels per metre, GSD in metres per pixel.
@@ -39,11 +39,13 @@ OUT_ACTIVATIONS = {
 AGL_GSD_MODES = ("none", "concat", "multiply", "both")
 SCALE_GSD_MODES = ("none", "concat", "divide", "both")
 
-
-def _choice(value: str, options, what: str) -> str:
-    if value not in options:
-        raise ConfigError(f"{what}: {value!r} is not one of {sorted(options)}")
-    return value
+GSD_REF = 0.3
+"""GSD (m/px) at which the ``log(gsd / gsd_ref)`` cue is 0 and ``multiply`` is the identity."""
+MIN_SLOPE, MAX_SLOPE = 0.3, 3.0
+"""The slopes |∇AGL| (m/px) a facade ramp may have: flatter is ground or roof, steeper a roof
+edge's jump (:func:`ramp_target`, :func:`ramp_pose`)."""
+RAMP_ITERATIONS, RAMP_HUBER = 5, 0.3
+"""The ramp fit's IRLS iterations and Huber threshold (:func:`ramp_pose`)."""
 
 
 def city_one_hot(city: torch.Tensor | None, batch: int, ref: torch.Tensor) -> torch.Tensor:
@@ -72,26 +74,27 @@ class DenseHead(nn.Module):
     """Decoder map (stride s) -> full-resolution map: (bilinear ×2, 3×3 conv, act) × log2(s), 1×1.
 
     The output is ``out_activation(raw) * out_scale`` (``out_scale`` in the target's unit, so raw
-    values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``.
+    values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``. The keyword options are
+    those of a ``model.agl``/``mag``/``flow``/``ramp`` section (defaults: geopose.models.options).
     """
 
     def __init__(
         self,
         in_channels: int,
         input_stride: int,
-        out_channels: int = 1,
-        channels: int = 64,
-        activation: str = "relu",
-        out_activation: str = "none",
-        out_scale: float = 10.0,
+        out_channels: int,
+        *,
+        channels: int,
+        activation: str,
+        out_activation: str,
+        out_scale: float,
+        city: bool,
         gsd: str = "none",
-        gsd_ref: float = 0.3,
-        city: bool = False,
+        gsd_ref: float = GSD_REF,
     ) -> None:
         super().__init__()
-        self.gsd = _choice(gsd, AGL_GSD_MODES, "head gsd")
-        self.out_activation = _choice(out_activation, OUT_ACTIVATIONS, "head out_activation")
-        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
+        self.gsd, self.out_activation = gsd, out_activation
+        act = ACTIVATIONS[activation]
         self.gsd_ref, self.city, self.out_scale = float(gsd_ref), bool(city), float(out_scale)
         n_up = int(round(math.log2(input_stride)))
         if 2**n_up != input_stride:
@@ -121,6 +124,11 @@ class DenseHead(nn.Module):
             y = y * (gsd.reshape(-1, 1, 1, 1).to(y.dtype) / self.gsd_ref)
         return y
 
+    @property
+    def uses_gsd(self) -> bool:
+        """True when the output depends on the GSD."""
+        return self.gsd != "none"
+
 
 class PooledMLP(nn.Module):
     """Global average pool of the deepest encoder map (+ GSD/city cues) -> MLP -> ``out`` values."""
@@ -129,15 +137,16 @@ class PooledMLP(nn.Module):
         self,
         in_channels: int,
         out: int,
-        hidden: int = 256,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        gsd: bool = False,
-        gsd_ref: float = 0.3,
-        city: bool = False,
+        *,
+        hidden: int,
+        activation: str,
+        dropout: float,
+        gsd: bool,
+        gsd_ref: float,
+        city: bool,
     ) -> None:
         super().__init__()
-        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
+        act = ACTIVATIONS[activation]
         self.gsd, self.gsd_ref, self.city = bool(gsd), float(gsd_ref), bool(city)
         in_ch = in_channels + self.gsd + N_CITIES * self.city
         self.mlp = nn.Sequential(
@@ -172,83 +181,12 @@ def unit_or_zero(v: torch.Tensor) -> torch.Tensor:
     return torch.where(known, v / n, torch.zeros_like(v))
 
 
-class OrientationHead(nn.Module):
-    """Pooled bottleneck -> MLP -> unit direction (sin a, cos a), B×2."""
-
-    def __init__(self, in_channels: int, **kwargs) -> None:
-        super().__init__()
-        self.mlp = PooledMLP(in_channels, 2, **kwargs)
-
-    def forward(self, feat, gsd=None, city=None) -> torch.Tensor:
-        return unit(self.mlp(feat, gsd, city))
-
-
-class ScaleHead(nn.Module):
-    """Pooled bottleneck -> MLP -> scale (px/m) = softplus(raw) · out_scale (/ gsd with divide)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        gsd: str = "concat",
-        out_scale: float = 1.0,
-        gsd_ref: float = 0.3,
-        **kwargs,
-    ) -> None:
-        super().__init__()
-        self.gsd = _choice(gsd, SCALE_GSD_MODES, "scale gsd")
-        self.out_scale = float(out_scale)
-        self.mlp = PooledMLP(
-            in_channels, 1, gsd=self.gsd in ("concat", "both"), gsd_ref=gsd_ref, **kwargs
-        )
-
-    def forward(self, feat, gsd=None, city=None) -> torch.Tensor:
-        s = F.softplus(self.mlp(feat, gsd, city)[:, 0]) * self.out_scale
-        if self.gsd in ("divide", "both"):
-            s = s / gsd.reshape(-1).to(s.dtype)
-        return s
-
-
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """|∇x| of B×1×H×W maps by Sobel filters (units of x per pixel), same size."""
     k = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
     kernel = torch.stack([k, k.t()]).unsqueeze(1)  # 2×1×3×3: d/dcol, d/drow
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
     return torch.sqrt((g * g).sum(dim=1, keepdim=True) + 1e-12)
-
-
-class DenseOrientationHead(nn.Module):
-    """Seed 004's dense orientation: a per-pixel direction field averaged with attention weights
-    ``softmax(beta · |∇AGL|)`` over the image, so building edges (where heights change and the
-    oblique view shows facades) decide the direction. ``beta`` (1/m·px) is learned.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int = 64,
-        activation: str = "relu",
-        beta: float = 1.0,
-        detach_agl: bool = True,
-    ) -> None:
-        super().__init__()
-        act = ACTIVATIONS[_choice(activation, ACTIVATIONS, "head activation")]
-        self.field = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1), act(), nn.Conv2d(channels, 2, 1)
-        )
-        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
-        self.detach_agl = bool(detach_agl)
-
-    def forward(
-        self, dec: torch.Tensor, agl: torch.Tensor, pad_hw: tuple[int, int]
-    ) -> torch.Tensor:
-        """Decoder map (padded, stride s), AGL B×1×H×W (m, cropped), padded size -> B×2 unit."""
-        v = F.interpolate(self.field(dec), size=pad_hw, mode="bilinear", align_corners=False)
-        v = F.normalize(v[:, :, : agl.shape[2], : agl.shape[3]], dim=1, eps=1e-6)
-        a = (agl.detach() if self.detach_agl else agl).float()
-        v = v.float()
-        logits = (gradient_magnitude(a) * self.log_beta.exp()).flatten(1)
-        w = torch.softmax(logits, dim=1)  # B×HW
-        return unit((v.flatten(2) * w[:, None, :]).sum(dim=2))
 
 
 def flow_pose(
@@ -297,7 +235,7 @@ def agl_gradient(agl: torch.Tensor) -> torch.Tensor:
     return torch.cat([gx, gy], dim=1)
 
 
-def ramp_target(agl: torch.Tensor, max_slope: float = 3.0) -> torch.Tensor:
+def ramp_target(agl: torch.Tensor, max_slope: float = MAX_SLOPE) -> torch.Tensor:
     """The facade-ramp field a ramp head learns: ∇AGL (m/px, B×2×H×W) where its magnitude is at
     most ``max_slope`` m/px, 0 where it is steeper (a height jump at a roof edge is not a ramp),
     NaN where the height is unknown."""
@@ -308,10 +246,10 @@ def ramp_target(agl: torch.Tensor, max_slope: float = 3.0) -> torch.Tensor:
 
 def ramp_pose(
     ramp: torch.Tensor,
-    iterations: int = 5,
-    huber: float = 0.3,
-    min_slope: float = 0.3,
-    max_slope: float = 3.0,
+    iterations: int = RAMP_ITERATIONS,
+    huber: float = RAMP_HUBER,
+    min_slope: float = MIN_SLOPE,
+    max_slope: float = MAX_SLOPE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Direction and scale read off the facade ramps of the height field.
 

@@ -17,6 +17,7 @@ NaN never reaches autograd).
 ``kind`` is ``mse``, ``huber`` (``delta`` in the target's unit), ``l1`` or ``r2`` (1 - R2 pooled
 over every valid pixel of the batch, the first place's loss); ``trim`` drops that fraction of
 the worst (largest-loss) valid pixels first. A target with weight 0 or ``null`` is skipped.
+Every key's default, kind and bounds: ``geopose.models.options.LOSS``.
 """
 
 from __future__ import annotations
@@ -29,18 +30,7 @@ from torch import nn
 
 from geopose.errors import ConfigError
 from geopose.models.heads import ramp_target
-
-KINDS = ("mse", "huber", "l1", "r2")
-_DENSE_DEFAULT = {"kind": "mse", "weight": 1.0, "delta": 1.0, "trim": 0.0}
-LOSS_DEFAULTS: dict[str, dict | None] = {
-    "agl": dict(_DENSE_DEFAULT),
-    "mag": dict(_DENSE_DEFAULT),
-    "direction": {"weight": 1.0, "cos_weight": 1.0, "mse_weight": 0.1},
-    "scale": {"kind": "mse", "weight": 1.0, "delta": 1.0},
-    "flow": {**_DENSE_DEFAULT, "weight": 0.0},
-    "vflow": {**_DENSE_DEFAULT, "weight": 0.0},
-    "ramp": {**_DENSE_DEFAULT, "weight": 0.0, "max_slope": 3.0},
-}
+from geopose.models.options import LOSS_KINDS, resolve_loss_config
 
 
 def _residual(pred: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +48,7 @@ def _pointwise(res: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
         return F.huber_loss(res, torch.zeros_like(res), reduction="none", delta=delta)
     if kind == "l1":
         return res.abs()
-    raise ConfigError(f"loss kind {kind!r} is not one of {list(KINDS)}")
+    raise ConfigError(f"loss kind {kind!r} is not one of {list(LOSS_KINDS)}")
 
 
 def _trim_mask(values: torch.Tensor, mask: torch.Tensor, trim: float) -> torch.Tensor:
@@ -186,33 +176,3 @@ class GeoposeLoss(nn.Module):
 
 def _dense_args(c: dict) -> dict:
     return {"kind": c["kind"], "delta": c["delta"], "trim": c["trim"]}
-
-
-def resolve_loss_config(cfg: dict | None) -> dict:
-    """Fill a ``loss:`` section with defaults; targets with weight 0 or null become None."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(LOSS_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"loss: unknown target(s) {unknown}; known: {sorted(LOSS_DEFAULTS)}")
-    out: dict[str, dict | None] = {}
-    for name, default in LOSS_DEFAULTS.items():
-        value = cfg.get(name, {})
-        if value is None or value is False:
-            out[name] = None
-            continue
-        if not isinstance(value, dict):
-            raise ConfigError(f"loss.{name}: expected a mapping or null, got {value!r}")
-        bad = sorted(set(value) - set(default))
-        if bad:
-            raise ConfigError(f"loss.{name}: unknown key(s) {bad}; known: {sorted(default)}")
-        merged = {**default, **value}
-        if "kind" in merged and merged["kind"] not in KINDS:
-            raise ConfigError(f"loss.{name}.kind {merged['kind']!r} is not one of {list(KINDS)}")
-        if name == "scale" and merged["kind"] == "r2":
-            raise ConfigError("loss.scale.kind 'r2' is not supported; use mse, huber or l1")
-        if float(merged.get("max_slope", 1.0)) <= 0.0:
-            raise ConfigError(f"loss.{name}.max_slope must be > 0 m/px, got {merged['max_slope']}")
-        if not 0.0 <= float(merged.get("trim", 0.0)) < 1.0:
-            raise ConfigError(f"loss.{name}.trim must be in [0, 1), got {merged['trim']}")
-        out[name] = None if float(merged["weight"]) == 0.0 else merged
-    return out

@@ -3,6 +3,7 @@
 A recipe is a YAML file in ``geopose/configs/`` with a ``model:`` section (read by
 :class:`GeoposeModel`), a ``loss:`` section (read by :class:`geopose.models.GeoposeLoss`) and
 optional ``data:``/``train:`` sections. ``extends: <recipe>`` deep-merges over another recipe.
+Every key of those sections: ``geopose.models.options``; the pose heads: ``geopose.models.pose``.
 """
 
 from __future__ import annotations
@@ -19,69 +20,37 @@ from torch import nn
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.models.decoders import UnetDecoder
 from geopose.models.encoders import Encoder
-from geopose.models.heads import (
-    DenseHead,
-    DenseOrientationHead,
-    OrientationHead,
-    ScaleHead,
-    flow_pose,
-    lstsq_scale,
-    ramp_pose,
+from geopose.models.heads import DenseHead
+from geopose.models.options import (
+    GEOPOSE,
+    MODEL_DEFAULTS,
+    MODELS,
+    RAMP_FIT,
+    resolve_model_config,
 )
+from geopose.models.pose import DIRECTION_HEADS, SCALE_HEADS, PoseContext
 from geopose.types import GeoposeOutput
+
+__all__ = [
+    "CONFIG_DIR",
+    "MODELS",
+    "MODEL_DEFAULTS",
+    "GeoposeModel",
+    "GeoposeOutput",
+    "create_model",
+    "deep_merge",
+    "list_recipes",
+    "load_checkpoint",
+    "load_recipe",
+    "resolve_model_config",
+    "without_pretrained",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# Every key a model section may hold, with its default. ``None`` for mag/flow = no such head.
-_DENSE = {
-    "channels": 64,
-    "activation": "relu",
-    "out_activation": "none",
-    "out_scale": 10.0,
-    "city": False,
-}
-# The ramp head's fit (see heads.ramp_pose): IRLS iterations, Huber threshold, slopes (m/px).
-_RAMP_FIT = {"iterations": 5, "huber": 0.3, "min_slope": 0.3, "max_slope": 3.0}
-_RAMP = {**_DENSE, "out_scale": 1.0, **_RAMP_FIT}
-_OPTIONAL_DENSE = {"mag": _DENSE, "flow": _DENSE, "ramp": _RAMP}
-MODEL_DEFAULTS: dict[str, Any] = {
-    "encoder": "resnet34",
-    "pretrained": False,
-    "encoder_kwargs": {},
-    "decoder": {"kind": "unet", "channels": [256, 128, 64, 32], "output_stride": 4},
-    "agl": {**_DENSE, "gsd": "concat", "gsd_ref": 0.3},
-    "mag": dict(_DENSE),
-    "flow": None,
-    "ramp": None,
-    "direction": {
-        "kind": "pooled",  # pooled | dense_attention | flow | ramp
-        "hidden": 256,
-        "activation": "relu",
-        "dropout": 0.0,
-        "gsd": False,
-        "city": False,
-        "gsd_ref": 0.3,
-        "channels": 64,  # dense_attention only
-        "beta": 1.0,  # dense_attention only: initial softmax sharpness, 1/m
-        "detach_agl": True,  # dense_attention and flow
-    },
-    "scale": {
-        "kind": "lstsq",  # lstsq (Σ mag·agl / Σ agl²) | regress | flow | ramp
-        "hidden": 256,
-        "activation": "relu",
-        "dropout": 0.0,
-        "gsd": "concat",  # regress: none | concat | divide | both
-        "gsd_ref": 0.3,
-        "city": False,
-        "out_scale": 1.0,
-        "detach_agl": True,
-    },
-}
-DIRECTION_KINDS = ("pooled", "dense_attention", "flow", "ramp")
-SCALE_KINDS = ("lstsq", "regress", "flow", "ramp")
+DENSE_HEADS = {"agl": 1, "mag": 1, "flow": 2, "ramp": 2}
+"""The dense heads (``model.<name>``, attribute ``<name>_head``) and their output channels."""
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -95,85 +64,15 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _check_keys(cfg: dict, defaults: dict, where: str) -> None:
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
-
-
-def resolve_model_config(cfg: dict | None) -> dict:
-    """Fill a ``model:`` section with defaults and check every key; returns a new dict.
-
-    A section with ``family:`` describes a published model (``geopose.models.zoo``); it is
-    returned as it is once the family is known.
-    """
-    cfg = dict(cfg or {})
-    if "family" in cfg:
-        from geopose.models.zoo import FAMILIES
-
-        if cfg["family"] not in FAMILIES:
-            raise ConfigError(f"model.family {cfg['family']!r} is not one of {sorted(FAMILIES)}")
-        return cfg
-    if isinstance(cfg.get("encoder"), dict):  # encoder: {name: ..., pretrained: ..., ...}
-        enc = dict(cfg.pop("encoder"))
-        cfg["encoder"] = enc.pop("name", MODEL_DEFAULTS["encoder"])
-        cfg["pretrained"] = enc.pop("pretrained", cfg.get("pretrained", False))
-        cfg["encoder_kwargs"] = {**cfg.get("encoder_kwargs", {}), **enc}
-    _check_keys(cfg, MODEL_DEFAULTS, "model")
-    out = copy.deepcopy(MODEL_DEFAULTS)
-    for key, value in cfg.items():
-        default = MODEL_DEFAULTS[key]
-        if key in _OPTIONAL_DENSE:
-            if value is None or value is False:
-                out[key] = None
-                continue
-            value = {} if value is True else value
-            default = _OPTIONAL_DENSE[key]
-        if isinstance(default, dict) and key != "encoder_kwargs":
-            if not isinstance(value, dict):
-                raise ConfigError(f"model.{key}: expected a mapping, got {value!r}")
-            _check_keys(value, default, f"model.{key}")
-            out[key] = deep_merge(default, value)
-        else:
-            out[key] = copy.deepcopy(value)
-    _check_consistency(out)
-    return out
-
-
-def _check_consistency(cfg: dict) -> None:
-    d, s = cfg["direction"]["kind"], cfg["scale"]["kind"]
-    if d not in DIRECTION_KINDS:
-        raise ConfigError(f"model.direction.kind {d!r} is not one of {list(DIRECTION_KINDS)}")
-    if s not in SCALE_KINDS:
-        raise ConfigError(f"model.scale.kind {s!r} is not one of {list(SCALE_KINDS)}")
-    if "flow" in (d, s) and cfg["flow"] is None:
-        raise ConfigError("model: direction/scale kind 'flow' needs a flow head (model.flow)")
-    if "ramp" in (d, s) and cfg["ramp"] is None:
-        raise ConfigError("model: direction/scale kind 'ramp' needs a ramp head (model.ramp)")
-    r = cfg["ramp"]
-    if r is not None:
-        if not 0.0 <= float(r["min_slope"]) < float(r["max_slope"]):
-            raise ConfigError(
-                f"model.ramp: need 0 <= min_slope < max_slope (m/px), got {r['min_slope']} and "
-                f"{r['max_slope']}"
-            )
-        if float(r["huber"]) <= 0 or int(r["iterations"]) < 1:
-            raise ConfigError(
-                f"model.ramp: huber must be > 0 and iterations >= 1, got {r['huber']} and "
-                f"{r['iterations']}"
-            )
-    if s == "lstsq" and cfg["mag"] is None and cfg["flow"] is None:
-        raise ConfigError("model.scale.kind 'lstsq' needs a mag head (model.mag: {...})")
-    if not isinstance(cfg["encoder"], str):
-        raise ConfigError(f"model.encoder must be a timm model name, got {cfg['encoder']!r}")
-
-
+@MODELS.register(GEOPOSE)
 class GeoposeModel(nn.Module):
     """Encoder + UNet decoder + geopose heads, built from a ``model:`` config section.
 
     ``forward(image B×3×H×W in [0, 1], gsd B (m/px), city B long or None)`` ->
     :class:`GeoposeOutput`. Any H, W work: the image is padded (reflect) to a multiple of the
-    encoder stride (32) and the outputs are cropped back.
+    encoder stride (32) and the outputs are cropped back. The dense heads give AGL (and MAG,
+    flow, ramp maps when configured); the pose heads of ``geopose.models.pose`` the direction
+    and scale.
     """
 
     def __init__(self, cfg: dict | None = None) -> None:
@@ -193,30 +92,23 @@ class GeoposeModel(nn.Module):
             kind=dec["kind"],
         )
         ch, stride = self.decoder.out_channels, self.decoder.output_stride
-        self.agl_head = DenseHead(ch, stride, 1, **c["agl"])
-        self.mag_head = DenseHead(ch, stride, 1, **c["mag"]) if c["mag"] is not None else None
-        self.flow_head = DenseHead(ch, stride, 2, **c["flow"]) if c["flow"] is not None else None
-        self.ramp_head = None
-        if c["ramp"] is not None:
-            dense = {k: v for k, v in c["ramp"].items() if k not in _RAMP_FIT}
-            self.ramp_head = DenseHead(ch, stride, 2, **dense)
-        self.direction_head = self._direction_head(c["direction"], ch)
-        self.scale_head = self._scale_head(c["scale"])
+        for name, out_channels in DENSE_HEADS.items():  # None: no such head
+            opts = {k: v for k, v in (c[name] or {}).items() if k not in RAMP_FIT}
+            head = DenseHead(ch, stride, out_channels, **opts) if c[name] is not None else None
+            setattr(self, f"{name}_head", head)
+        bottleneck = self.encoder.channels[-1]
+        d, s = c["direction"], c["scale"]
+        self.direction_head = DIRECTION_HEADS.lookup(d["kind"])(d, bottleneck, ch)
+        self.scale_head = SCALE_HEADS.lookup(s["kind"])(s, bottleneck, ch)
+        # The shared fits' settings (PoseContext): the flow fit's AGL is detached as
+        # model.direction.detach_agl says, the ramp fit reads model.ramp.
+        ramp_fit = {k: c["ramp"][k] for k in RAMP_FIT} if c["ramp"] is not None else {}
+        self._fits = {"flow_detach_agl": d["detach_agl"], "ramp_fit": ramp_fit}
 
-    def _direction_head(self, d: dict, dec_channels: int) -> nn.Module | None:
-        if d["kind"] == "pooled":
-            keys = ("hidden", "activation", "dropout", "gsd", "gsd_ref", "city")
-            return OrientationHead(self.encoder.channels[-1], **{k: d[k] for k in keys})
-        if d["kind"] == "dense_attention":
-            keys = ("channels", "activation", "beta", "detach_agl")
-            return DenseOrientationHead(dec_channels, **{k: d[k] for k in keys})
-        return None
-
-    def _scale_head(self, s: dict) -> nn.Module | None:
-        if s["kind"] != "regress":
-            return None
-        keys = ("hidden", "activation", "dropout", "gsd", "gsd_ref", "city", "out_scale")
-        return ScaleHead(self.encoder.channels[-1], **{k: s[k] for k in keys})
+    @classmethod
+    def build(cls, config: dict) -> GeoposeModel:
+        """The :data:`~geopose.models.options.MODELS` entry point: ``GeoposeModel(config)``."""
+        return cls(config)
 
     @property
     def divisor(self) -> int:
@@ -230,43 +122,18 @@ class GeoposeModel(nn.Module):
         city: torch.Tensor | None = None,
     ) -> GeoposeOutput:
         """Image B×3×H×W in [0, 1], GSD B (m/px), city B (long, -1 unknown) -> GeoposeOutput."""
-        b, _, h, w = image.shape
+        h, w = image.shape[2], image.shape[3]
         gsd = self._gsd(gsd, image)
         x = self._pad((image - self.mean) / self.std)
         feats = self.encoder(x)
         dec = self.decoder(feats)
-        agl = self.agl_head(dec, gsd, city)[:, :, :h, :w]
-        mag = self.mag_head(dec, gsd, city)[:, :, :h, :w] if self.mag_head is not None else None
-        flow = self.flow_head(dec, gsd, city)[:, :, :h, :w] if self.flow_head is not None else None
-        ramp = None
-        if self.ramp_head is not None:
-            ramp = self.ramp_head(dec, gsd, city)[:, :, :h, :w]
-        d_cfg, s_cfg = self.config["direction"], self.config["scale"]
-        if flow is not None:
-            f_dir, f_scale, f_mag = flow_pose(flow, agl, d_cfg["detach_agl"])
-            mag = f_mag if mag is None else mag
-        if "ramp" in (d_cfg["kind"], s_cfg["kind"]):
-            fit = {k: self.config["ramp"][k] for k in _RAMP_FIT}
-            r_dir, r_scale = ramp_pose(ramp, **fit)
-        if d_cfg["kind"] == "pooled":
-            direction = self.direction_head(feats[-1], gsd, city)
-        elif d_cfg["kind"] == "dense_attention":
-            direction = self.direction_head(dec, agl, (x.shape[2], x.shape[3]))
-        elif d_cfg["kind"] == "ramp":
-            direction = r_dir
-        else:
-            direction = f_dir
-        if s_cfg["kind"] == "regress":
-            scale = self.scale_head(feats[-1], gsd, city)
-        elif s_cfg["kind"] == "flow":
-            scale = f_scale
-        elif s_cfg["kind"] == "ramp":
-            scale = r_scale
-        else:
-            scale = lstsq_scale(mag, agl, s_cfg["detach_agl"])
-        if mag is None:
-            mag = agl * scale.reshape(-1, 1, 1, 1)
-        return GeoposeOutput(agl, mag, direction, scale, flow, ramp)
+        dense = {n: self._dense(n, dec, gsd, city, h, w) for n in DENSE_HEADS}
+        ctx = PoseContext(feats, dec, (x.shape[2], x.shape[3]), gsd, city, **dense, **self._fits)
+        return ctx.output(self.direction_head(ctx), self.scale_head(ctx))
+
+    def _dense(self, name: str, dec, gsd, city, h: int, w: int) -> torch.Tensor | None:
+        head = getattr(self, f"{name}_head")
+        return head(dec, gsd, city)[:, :, :h, :w] if head is not None else None
 
     def _gsd(self, gsd, image: torch.Tensor) -> torch.Tensor:
         if gsd is None:
@@ -277,13 +144,9 @@ class GeoposeModel(nn.Module):
         return gsd.reshape(-1).expand(image.shape[0])
 
     def _uses_gsd(self) -> bool:
-        c = self.config
-        dense = [c["agl"]] + [c[k] for k in _OPTIONAL_DENSE if c[k] is not None]
-        if any(d.get("gsd", "none") != "none" for d in dense):
-            return True
-        return (c["direction"]["kind"] == "pooled" and c["direction"]["gsd"]) or (
-            c["scale"]["kind"] == "regress" and c["scale"]["gsd"] != "none"
-        )
+        heads = [getattr(self, f"{n}_head") for n in DENSE_HEADS]
+        heads += [self.direction_head, self.scale_head]
+        return any(head is not None and head.uses_gsd for head in heads)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -349,17 +212,14 @@ def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> nn
     else:
         model_cfg = load_recipe(recipe)["model"]
     cfg = deep_merge(model_cfg, overrides)
-    if "family" in cfg:
-        from geopose.models.zoo import build_published
-
-        return build_published(cfg)
-    return GeoposeModel(cfg)
+    family = MODELS.lookup(cfg.get("family", GEOPOSE))
+    return family.build({k: v for k, v in cfg.items() if k != "family"})
 
 
 def without_pretrained(model_cfg: dict) -> dict:
     """A ``model:`` section whose encoder is built without ImageNet weights: for models whose
     weights all come from a checkpoint (loading, resuming, fine-tuning)."""
-    if "family" in model_cfg:
+    if model_cfg.get("family", GEOPOSE) != GEOPOSE:
         return dict(model_cfg)
     return {**resolve_model_config(model_cfg), "pretrained": False}
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
+from geopose.models.options import MODELS
+from geopose.models.schema import did_you_mean
 from geopose.types import GeoposeOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -341,15 +343,30 @@ class Family:
         return cls.model(config)
 
 
-FAMILIES: dict[str, type[Family]] = {}
+class _Families(Mapping[str, type[Family]]):
+    """The published families by name, in registration order: the :class:`Family` entries of
+    :data:`geopose.models.options.MODELS`, the registry ``create_model`` builds from."""
+
+    def _entries(self) -> dict[str, type[Family]]:
+        return {k: v for k, v in MODELS.items() if isinstance(v, type) and issubclass(v, Family)}
+
+    def __getitem__(self, name: str) -> type[Family]:
+        return self._entries()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+FAMILIES: Mapping[str, type[Family]] = _Families()
 
 
 def register_family(cls: type[Family]) -> type[Family]:
-    """Class decorator: add a :class:`Family` to :data:`FAMILIES` under ``cls.name``."""
-    if not cls.name or cls.name in FAMILIES:
-        raise ValueError(f"family name {cls.name!r} is empty or taken")
-    FAMILIES[cls.name] = cls
-    return cls
+    """Class decorator: register a :class:`Family` under ``cls.name`` in
+    :data:`~geopose.models.options.MODELS` (so in :data:`FAMILIES` too)."""
+    return MODELS.register(cls.name)(cls)
 
 
 def family_of(container: Container) -> type[Family] | None:
@@ -364,5 +381,6 @@ def build_published(config: dict) -> PublishedModel:
     """Rebuild a published-family model from its stored config (``{"family": name, ...}``)."""
     name = config.get("family")
     if name not in FAMILIES:
-        raise ConfigError(f"model.family {name!r} is not one of {sorted(FAMILIES)}")
+        hint = did_you_mean(name, FAMILIES) if isinstance(name, str) else ""
+        raise ConfigError(f"model.family {name!r} is not one of {sorted(FAMILIES)}{hint}")
     return FAMILIES[name].build({k: v for k, v in config.items() if k != "family"})
