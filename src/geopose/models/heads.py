@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
-from geopose.io.layout import CITIES
+from geopose.types import CITIES, unit_vector
 
 N_CITIES = len(CITIES)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
@@ -164,21 +164,10 @@ class PooledMLP(nn.Module):
         return self.mlp(torch.cat(v, dim=1))
 
 
-def unit(v: torch.Tensor, fallback: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """Normalise B×2 vectors; a zero vector becomes ``fallback`` (so the norm is always 1)."""
-    eps = 1e-12
-    fb = v.new_tensor(fallback).reshape(1, 2) * 1e-9
-    return F.normalize(v + fb, dim=1, eps=eps)
-
-
-def unit_or_zero(v: torch.Tensor) -> torch.Tensor:
-    """Normalise B×2 vectors; a zero vector stays zero: "no direction", which D4 maps to itself
-    and which TTA/ensemble averaging counts as no vote (the pose fits below, when the image
-    holds no evidence of the direction). Finite gradients everywhere."""
-    n2 = (v * v).sum(dim=1, keepdim=True)
-    known = n2 > 0
-    n = torch.sqrt(torch.where(known, n2, torch.ones_like(n2)))  # no 1/0 in the gradient
-    return torch.where(known, v / n, torch.zeros_like(v))
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """B×2 vectors of a regression head, which must always answer: unit length, a zero vector
+    becomes (0, 1) (``geopose.types.unit_vector`` with its fallback)."""
+    return unit_vector(v, dim=1, fallback=(0.0, 1.0))
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +194,7 @@ def flow_pose(
     num = (flow * a).sum(dim=(2, 3))  # B×2
     den = (a * a).sum(dim=(2, 3)) + 1e-6  # B×1
     v = num / den
-    direction = unit_or_zero(v)
+    direction = unit_vector(v, dim=1)  # zero: no evidence, zero flow
     scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
     mag = (flow * direction[:, :, None, None]).sum(dim=1, keepdim=True)
     return direction, scale, mag
@@ -282,6 +271,6 @@ def ramp_pose(
         v = torch.stack([ayy * bx - axy * by, axx * by - axy * bx], dim=1) / det[:, None]
         r = gx * v[:, :1] + gy * v[:, 1:] + 1.0
         w = base / torch.clamp(r.detach().abs() / huber, min=1.0)
-    direction = unit_or_zero(v)
+    direction = unit_vector(v, dim=1)  # zero: no evidence, zero flow
     scale = torch.sqrt((v * v).sum(dim=1) + 1e-12)
     return direction, scale

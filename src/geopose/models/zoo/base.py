@@ -40,7 +40,7 @@ from geopose.types import GeoposeOutput
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CITY_ORDER = ("ARG", "ATL", "JAX", "OMA")
-"""City one-hot order of the published models (the same as ``geopose.io.CITIES``)."""
+"""City one-hot order of the published models (the same as ``geopose.types.CITIES``)."""
 
 
 # --- reading a published file ------------------------------------------------------------------

@@ -28,7 +28,7 @@ Input contract, as the authors' test pipeline feeds the model (``utilities/test.
 - full resolution: trained on 512×512 crops, run on the whole 2048×2048 tile; inputs are padded
   (reflect) to a multiple of 32;
 - GSD: the raw metadata value in m/px, as a B×1×1×1 map; city: the one-hot B×4×1×1 in the order
-  ARG, ATL, JAX, OMA (``geopose.io.CITIES``), from the metadata's city;
+  ARG, ATL, JAX, OMA (``geopose.types.CITIES``), from the metadata's city;
 - no log-AGL (``--to-log`` is off in the published ``test.sh``).
 
 Outputs and post-processing here:
