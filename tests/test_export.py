@@ -64,3 +64,28 @@ def test_export_of_a_corrupt_checkpoint_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.ckpt" in err and "not a readable PyTorch checkpoint" in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_model_is_the_command_as_a_function(exported, tmp_path):
+    """``export_model``: output checks before loading, the export, the parity check and its
+    1e-3 rule, as one call whose report the CLI prints."""
+    from geopose.errors import GeoposeDataError, OutputExistsError
+    from geopose.models.export import PARITY_TOLERANCE, ExportReport, export_model
+
+    _, ckpt, onnx_path = exported
+    with pytest.raises(OutputExistsError):
+        export_model(tmp_path / "never-loaded.ckpt", onnx_path)  # refused before loading
+    report = export_model(ckpt, tmp_path / "m.onnx", size=64)
+    assert report.path == tmp_path / "m.onnx"
+    assert report.size_bytes == report.path.stat().st_size
+    assert set(report.diffs) == {"agl", "mag", "direction", "scale", "ramp"}
+    assert report.ok and report.worst < 1e-4
+    report.raise_for_parity()
+    assert PARITY_TOLERANCE == 1e-3
+    unchecked = ExportReport(onnx_path, 1)
+    assert unchecked.ok and unchecked.worst is None
+    assert ExportReport(onnx_path, 1, {"agl": 1e-3}).ok
+    off = ExportReport(onnx_path, 1, {"agl": 1e-5, "scale": 2e-3})
+    assert not off.ok
+    with pytest.raises(GeoposeDataError, match="ONNX outputs differ from PyTorch by 0.002"):
+        off.raise_for_parity()

@@ -31,10 +31,7 @@ def export(
     """Export a model to ONNX (dynamic batch and size; inputs image [0,1] B×3×H×W RGB, gsd B
     m/px, city B int64; outputs agl m, mag px, direction (sin, cos), scale px/m). A published
     model carries its own input contract (channel order, normalisation, resolution) inside."""
-    from geopose.errors import GeoposeDataError, OutputExistsError
-    from geopose.io import check_output_file
-    from geopose.models import load_model
-    from geopose.models.export import export_onnx, onnx_parity
+    from geopose.models.export import export_model
 
     if model is not None and len(args) == 1:
         spec, out = model, Path(args[0])
@@ -42,19 +39,13 @@ def export(
         spec, out = args[0], Path(args[1])
     else:
         fail("give MODEL OUT.onnx, or --model MODEL OUT.onnx")
-    check_output_file(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(out)
-    net, _ = load_model(spec)
     with console.status(f"exporting {spec} to ONNX"):
-        export_onnx(net, out, size=size, overwrite=overwrite)
-    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", highlight=False)
-    if check:
-        diffs = onnx_parity(net, out, size=size)
-        worst = max(diffs.values())
+        report = export_model(spec, out, size=size, check=check, overwrite=overwrite)
+    console.print(f"wrote {out} ({report.size_bytes / 2**20:.1f} MiB)", highlight=False)
+    if report.diffs is not None:
         console.print(
-            "max |torch - onnxruntime|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()),
+            "max |torch - onnxruntime|: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in report.diffs.items()),
             highlight=False,
         )
-        if worst > 1e-3:
-            raise GeoposeDataError(out, f"ONNX outputs differ from PyTorch by {worst:.3g}")
+    report.raise_for_parity()

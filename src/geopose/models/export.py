@@ -6,21 +6,28 @@ The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B f
 outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
 flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px). Batch is dynamic; with
 ``dynamic=True`` H and W are dynamic multiples of the encoder stride (32).
+
+:func:`export_model` is ``geopose export``: any model geopose runs -> ONNX, checked.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from geopose.errors import GeoposeDataError, OutputExistsError
 from geopose.io.atomic import atomic_path, check_output_file
 from geopose.types import GeoposeOutput
 
 OUTPUT_NAMES = GeoposeOutput._fields  # those a model has (not None), in this order
+
+PARITY_TOLERANCE = 1e-3
+"""Largest |PyTorch - onnxruntime| (any output, its units) an export may show."""
 
 
 class _OnnxWrapper(nn.Module):
@@ -114,3 +121,61 @@ def onnx_parity(
         name: float(np.max(np.abs(r.numpy() - g)))
         for name, r, g in zip(names, ref, got, strict=True)
     }
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` wrote and how closely onnxruntime matches PyTorch."""
+
+    path: Path
+    size_bytes: int
+    diffs: dict[str, float] | None = None
+    """Largest |PyTorch - onnxruntime| per output (:func:`onnx_parity`); None: not checked."""
+    tolerance: float = PARITY_TOLERANCE
+
+    @property
+    def worst(self) -> float | None:
+        """The largest of :attr:`diffs` (None when not checked)."""
+        return max(self.diffs.values()) if self.diffs else None
+
+    @property
+    def ok(self) -> bool:
+        """True unless the check found a difference above :attr:`tolerance`."""
+        return self.worst is None or self.worst <= self.tolerance
+
+    def raise_for_parity(self) -> None:
+        """Raise :class:`~geopose.errors.GeoposeDataError` (naming the file) unless :attr:`ok`."""
+        if not self.ok:
+            raise GeoposeDataError(
+                self.path, f"ONNX outputs differ from PyTorch by {self.worst:.3g}"
+            )
+
+
+def export_model(
+    spec: str | Path,
+    out: str | Path,
+    size: int = 256,
+    check: bool = True,
+    overwrite: bool = False,
+) -> ExportReport:
+    """``geopose export``: load ``spec`` (``geopose.models.load_model``: a checkpoint, a
+    published file or name), export it to ``out`` (:func:`export_onnx`) and, with ``check``,
+    compare it with PyTorch under onnxruntime (:func:`onnx_parity`).
+
+    ``out`` is checked before the model is loaded: :class:`~geopose.errors.OutputPathError`
+    when it cannot be written, :class:`~geopose.errors.OutputExistsError` when it exists and
+    not ``overwrite``. A difference above :data:`PARITY_TOLERANCE` does not raise here (the
+    report says it): call :meth:`ExportReport.raise_for_parity` once the report is shown.
+    """
+    from geopose.models.loading import load_model
+
+    out = Path(out)
+    check_output_file(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    net, _ = load_model(spec)
+    export_onnx(net, out, size=size, overwrite=overwrite)
+    report = ExportReport(out, out.stat().st_size)
+    if check:
+        report.diffs = onnx_parity(net, out, size=size)
+    return report
