@@ -321,6 +321,22 @@ def test_unknown_names_and_dropbox_links():
     assert catalog.direct_url("https://github.com/a/b.pth") == "https://github.com/a/b.pth"
 
 
+def test_listing_is_every_entry_and_ensemble_with_its_cached_file(cache, tmp_path):
+    doc = catalog.listing()
+    assert doc["cache"] == str(cache)
+    assert [m["name"] for m in doc["models"]] == list(catalog.CATALOG)
+    assert [e["name"] for e in doc["ensembles"]] == list(catalog.ENSEMBLES)
+    assert all(m["cached"] is None for m in doc["models"])
+    first = doc["models"][0]
+    assert {"urls", "files", "licence", "family"} <= set(first)
+    mine = tmp_path / "model_best.pth"
+    mine.write_bytes(b"weights")
+    path = catalog.fetch("baseline", local_file=mine)
+    rows = {m["name"]: m for m in catalog.listing()["models"]}
+    assert rows["baseline"]["cached"] == str(path)
+    json.dumps(doc)  # JSON-ready as it is
+
+
 # --- the CLI -------------------------------------------------------------------------------------
 
 
@@ -343,6 +359,7 @@ def test_cli_download_resumes_after_a_cut_and_lists_cached(server, cache, monkey
     assert dest.read_bytes() == PAYLOAD and not part_path(dest).exists()
     assert server.requests[-1][1] == "bytes=300000-"  # resumed where the cut left it
     listing = runner.invoke(app, ["models", "--json"])
+    assert listing.output == json.dumps(catalog.listing(), indent=1) + "\n"  # the library's
     rows = {m["name"]: m for m in json.loads(listing.output)["models"]}
     assert rows[entry.name]["cached"] == str(dest)
     assert rows["first-v2l-fold5"]["cached"] is None

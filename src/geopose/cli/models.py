@@ -31,12 +31,6 @@ def _host(entry) -> str:
     return f"{host} (login)" if entry.needs_browser else host
 
 
-def _entry_json(entry, cached: Path | None) -> dict:
-    from dataclasses import asdict
-
-    return {**asdict(entry), "cached": str(cached) if cached is not None else None}
-
-
 @models_app.callback(invoke_without_command=True)
 def models(
     ctx: typer.Context,
@@ -53,18 +47,12 @@ def models(
 
     from geopose.models.zoo import catalog
 
-    entries = [(e, catalog.cached_path(e.name)) for e in catalog.list_entries()]
     if as_json:
         import json
-        from dataclasses import asdict
 
-        doc = {
-            "cache": str(catalog.cache_dir()),
-            "models": [_entry_json(e, c) for e, c in entries],
-            "ensembles": [asdict(e) for e in catalog.ENSEMBLES.values()],
-        }
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(catalog.listing(), indent=1))
         return
+    entries = [(e, catalog.cached_path(e.name)) for e in catalog.list_entries()]
     table = Table(title="Published models", title_justify="left")
     for col in ("name", "family", "variant", "size", "source", "licence", "cached"):
         table.add_column(col, overflow="fold", no_wrap=col == "name")

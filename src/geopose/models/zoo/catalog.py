@@ -27,7 +27,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -404,6 +404,22 @@ def cached_path(name: str) -> Path | None:
     return paths[0] if paths and all(p.is_file() for p in paths) else None
 
 
+def listing() -> dict:
+    """The whole catalog as JSON-ready data (``geopose models --json`` prints it): ``cache``
+    (:func:`cache_dir`), ``models`` (every entry's fields, plus ``cached``: its cached file or
+    None) and ``ensembles`` (every published ensemble's fields)."""
+
+    def entry(e: PublishedEntry) -> dict:
+        cached = cached_path(e.name)
+        return {**asdict(e), "cached": str(cached) if cached is not None else None}
+
+    return {
+        "cache": str(cache_dir()),
+        "models": [entry(e) for e in list_entries()],
+        "ensembles": [asdict(e) for e in ENSEMBLES.values()],
+    }
+
+
 # --- fetching ------------------------------------------------------------------------------------
 
 
@@ -568,5 +584,6 @@ __all__ = [
     "fetch",
     "get_entry",
     "list_entries",
+    "listing",
     "members_of",
 ]
