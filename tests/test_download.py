@@ -113,13 +113,14 @@ def test_complete_download_reports_progress(server, tmp_path):
         server.base + "/model.pth",
         tmp_path / "sub" / "m.pth",
         sha256=hashlib.sha256(PAYLOAD).hexdigest(),
-        progress=lambda done, total: seen.append((done, total)),
+        on_progress=lambda stage, done, total: seen.append((stage, done, total)),
     )
     assert dest == tmp_path / "sub" / "m.pth"
     assert dest.read_bytes() == PAYLOAD
     assert not part_path(dest).exists()
-    assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert seen[0] == ("m.pth", 0, len(PAYLOAD))  # stage: the file's name unless given
+    assert seen[-1] == ("m.pth", len(PAYLOAD), len(PAYLOAD))
+    assert all(a[1] <= b[1] for a, b in zip(seen, seen[1:], strict=False))
 
 
 def test_interrupted_download_resumes_byte_identical(server, tmp_path):
@@ -135,11 +136,11 @@ def test_interrupted_download_resumes_byte_identical(server, tmp_path):
     have = part.stat().st_size
 
     seen = []
-    download(url, dest, progress=lambda d, t: seen.append((d, t)))
+    download(url, dest, on_progress=lambda *c: seen.append(c), stage="mine")
     assert dest.read_bytes() == PAYLOAD
     assert not part.exists()
     assert server.requests[-1] == ("/model.pth", f"bytes={have}-")
-    assert seen[0] == (have, len(PAYLOAD))  # the progress starts where the part file ended
+    assert seen[0] == ("mine", have, len(PAYLOAD))  # starts where the part file ended
 
 
 def test_server_ignoring_range_restarts(server, tmp_path):
@@ -253,9 +254,12 @@ def test_fetch_downloads_into_the_moved_cache(server, cache, monkeypatch):
     entry = catalog.CATALOG["second-b7-unet-fold0-best"]
     local = replace(entry, urls=(server.base + "/model.pth",))
     monkeypatch.setitem(catalog.CATALOG, entry.name, local)
-    path = catalog.fetch(entry.name)
+    seen = []
+    path = catalog.fetch(entry.name, on_progress=lambda *c: seen.append(c))
     assert path == cache / entry.name / entry.files[0]
     assert path.read_bytes() == PAYLOAD
+    assert {stage for stage, _, _ in seen} == {entry.name}  # one stage: the model's name
+    assert seen[-1] == (entry.name, len(PAYLOAD), len(PAYLOAD))
     assert catalog.cached_path(entry.name) == path
     n = len(server.requests)
     assert catalog.fetch(entry.name) == path and len(server.requests) == n  # cached: no request

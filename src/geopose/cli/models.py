@@ -105,9 +105,5 @@ def download(
         fail(f"--file goes with one model name, got {len(entries)} ({', '.join(entries)})")
     with progress_bar(transfer=True) as on_progress:
         for name in dict.fromkeys(entries):
-
-            def progress(done: int, total: int | None, name=name) -> None:
-                on_progress(name, done, total or 0)
-
-            path = catalog.fetch(name, progress=progress, local_file=file, timeout=timeout)
+            path = catalog.fetch(name, on_progress=on_progress, local_file=file, timeout=timeout)
             console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)

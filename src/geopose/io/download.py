@@ -9,9 +9,10 @@ server for the rest (``Range: bytes=N-``) and appends it:
 - ``200 OK``: the server ignores ranges, so the part file is restarted from byte 0;
 - ``416 Range Not Satisfiable``: the part file already holds the whole resource.
 
-Progress goes to an optional ``progress(done_bytes, total_bytes | None)`` callback; this module
-draws nothing. Every failure is a one-line :class:`geopose.errors.GeoposeDataError` naming the
-URL (or the file): HTTP errors, no network, a connection cut short, a checksum mismatch.
+Progress goes to an optional :data:`geopose.types.ProgressFn`, ``on_progress(stage, done_bytes,
+total_bytes)`` (total 0 when the server does not say); this module draws nothing. Every failure
+is a one-line :class:`geopose.errors.GeoposeDataError` naming the URL (or the file): HTTP
+errors, no network, a connection cut short, a checksum mismatch.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import socket
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geopose import __version__
 from geopose.errors import GeoposeDataError
 from geopose.io.atomic import atomic_path, ensure_output_dir
 
-ProgressFn = Callable[[int, int | None], None]
-"""``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when the server does not say."""
+if TYPE_CHECKING:  # geopose.types imports torch: not for a download
+    from geopose.types import ProgressFn
 
 CHUNK = 1 << 20
 """Bytes read from the network per step (1 MiB)."""
@@ -124,7 +125,8 @@ def download(
     dest: str | Path,
     *,
     sha256: str | None = None,
-    progress: ProgressFn | None = None,
+    on_progress: ProgressFn | None = None,
+    stage: str | None = None,
     timeout: float = 60,
     accept_html: bool = True,
 ) -> Path:
@@ -134,7 +136,8 @@ def download(
     run is resumed with a ``Range`` request. ``dest`` appears only when the whole resource is
     there: its length matches the server's ``Content-Length`` / ``Content-Range`` total, and
     its SHA-256 matches ``sha256`` when given (a mismatch deletes the part file and raises).
-    ``progress(done, total)`` is called as bytes arrive (``total`` None when unknown).
+    ``on_progress(stage, done, total)`` is called as bytes arrive (``stage``: ``dest``'s name
+    unless given; ``total`` 0 when unknown).
     ``timeout`` (s) applies to connecting and to each read. With ``accept_html=False`` an HTML
     answer (a web page where a file was expected, e.g. a login or preview page) is refused.
 
@@ -144,6 +147,11 @@ def download(
     dest = Path(dest)
     part = part_path(dest)
     ensure_output_dir(dest.parent)
+    label = stage or dest.name
+
+    def progress(done: int, total: int | None) -> None:
+        if on_progress is not None:
+            on_progress(label, done, total or 0)
 
     for _attempt in range(2):  # a second pass only after a part file had to be discarded
         start = part.stat().st_size if part.is_file() else 0
@@ -154,8 +162,7 @@ def download(
                 m = _CONTENT_RANGE_416.search(exc.headers.get("Content-Range", "") or "")
                 exc.close()
                 if m is not None and int(m.group(1)) == start:
-                    if progress is not None:
-                        progress(start, start)
+                    progress(start, start)
                     return _finish(url, part, dest, sha256)
                 part.unlink()  # total unknown, or shorter than our part file: start again
                 continue
@@ -185,8 +192,7 @@ def download(
                 mode = "wb"
 
             done = start
-            if progress is not None:
-                progress(done, total)
+            progress(done, total)
             try:
                 with open(part, mode) as out:
                     while True:
@@ -195,8 +201,7 @@ def download(
                             break
                         out.write(block)
                         done += len(block)
-                        if progress is not None:
-                            progress(done, total)
+                        progress(done, total)
             except (OSError, http.client.HTTPException) as exc:
                 if isinstance(exc, (TimeoutError, socket.timeout)):
                     what = f"no data for {timeout:g} s"

@@ -12,7 +12,7 @@ Use::
     from geopose.models.zoo import catalog
     [e.name for e in catalog.list_entries()]          # 'baseline', 'first-v2l-fold5', ...
     catalog.members_of("second")                       # the 9 entries of an ensemble
-    path = catalog.fetch("first-v2l-fold5", progress=lambda done, total: ...)
+    path = catalog.fetch("first-v2l-fold5", on_progress=lambda stage, done, total: ...)
     path = catalog.fetch("baseline", local_file="~/Downloads/model_best.pth")
 
 The cache is ``$GEOPOSE_CACHE`` when set, else ``$XDG_CACHE_HOME/geopose/models``, else
@@ -29,11 +29,15 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from geopose.errors import GeoposeDataError
 from geopose.io.atomic import atomic_path, check_output_dir
-from geopose.io.download import ProgressFn, download, extract_member, read_url
+from geopose.io.download import download, extract_member, read_url
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
 
 FAMILIES = ("baseline", "first", "second", "fourth")
 """Family names, as the converters in ``geopose.models.zoo`` register them."""
@@ -514,7 +518,7 @@ def _drop_spent_archive(entry: PublishedEntry, archive: Path) -> None:
 
 def fetch(
     name: str,
-    progress: ProgressFn | None = None,
+    on_progress: ProgressFn | None = None,
     local_file: str | Path | None = None,
     *,
     timeout: float = 60,
@@ -522,7 +526,8 @@ def fetch(
     """Make entry ``name`` available in the cache and return the path of its model file.
 
     A cached entry is returned as it is. Otherwise its files are downloaded (resumably, see
-    :func:`geopose.io.download.download`; ``progress(done, total)`` per file), or extracted
+    :func:`geopose.io.download.download`; ``on_progress(name, done_bytes, total_bytes)``
+    per file, stage ``name``), or extracted
     from the entry's archive, which is downloaded once into ``<cache>/_archives`` and deleted
     when every entry it holds is cached. ``local_file`` (a file downloaded by hand: the model
     file, the archive holding it, or a folder of the entry's files) is copied into the cache
@@ -548,7 +553,14 @@ def fetch(
         archive = cache_dir() / ARCHIVE_DIR / (entry.archive or f"{entry.name}.zip")
         if not archive.is_file():
             url = _resolve(entry, entry.urls[0], timeout)
-            download(url, archive, progress=progress, timeout=timeout, accept_html=False)
+            download(
+                url,
+                archive,
+                on_progress=on_progress,
+                stage=name,
+                timeout=timeout,
+                accept_html=False,
+            )
         try:
             extract_member(archive, entry.member, paths[0])
         except GeoposeDataError as exc:
@@ -564,7 +576,8 @@ def fetch(
                 _resolve(entry, url, timeout),
                 path,
                 sha256=digest,
-                progress=progress,
+                on_progress=on_progress,
+                stage=name,
                 timeout=timeout,
                 accept_html=False,
             )
