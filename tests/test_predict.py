@@ -214,3 +214,61 @@ def test_two_process_gloo_run_writes_each_output_once(tmp_path, ckpts, make_fake
         f"{s}_{k}" for s in ds.test for k in ("AGL.tif", "VFLOW.json")
     )
     assert "validated" in res.stdout
+
+
+# --- the library call behind `geopose predict` (issue 16) ---------------------------------------
+
+
+def test_run_predict_resolves_models_tta_and_device_and_reports_one_progress(
+    tmp_path, ckpts, make_fake_dataset
+):
+    """``run_predict`` takes the models as the command does (files + an ensemble YAML), picks
+    the TTA and the device, and reports images through one ProgressFn."""
+    from geopose.inference.run import run_predict
+
+    ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=2, size=64)
+    spec = tmp_path / "ens.yaml"
+    spec.write_text(f"members:\n  - checkpoint: {ckpts[1]}\n    weight: 3\n")
+    calls = []
+    report = run_predict(
+        [str(ckpts[0])],
+        ds.root / "test",
+        tmp_path / "p",
+        ensemble=spec,
+        on_progress=lambda *c: calls.append(c),
+    )
+    assert report.members == [(str(ckpts[0]), 1.0), (ckpts[1], 3.0)]
+    assert report.tta == "d4"
+    assert report.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert calls == [("images", 0, 2), ("images", 1, 2), ("images", 2, 2)]
+    assert len(report.written) == 2
+
+
+def test_resolve_members_and_choices_are_one_line_errors(tmp_path, ckpts, monkeypatch):
+    from geopose.errors import ConfigError, GeoposeDataError
+    from geopose.inference import run
+
+    members, authors = run.resolve_members([ckpts[0], (ckpts[1], 2.0)])
+    assert members == [(ckpts[0], 1.0), (ckpts[1], 2.0)] and authors is None
+    with pytest.raises(ConfigError, match="give at least one model"):
+        run.resolve_members([])
+    with pytest.raises(GeoposeDataError, match="no such model file"):
+        run.resolve_members([tmp_path / "missing.ckpt"])
+    assert run.choose_tta(None) == "d4"
+    assert run.choose_tta(None, "d2") == "d2" and run.choose_tta("flip", "d2") == "flip"
+    with pytest.raises(ConfigError, match="--tta must be one of none, flip, d2, d4, got 'x'"):
+        run.choose_tta("x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run.choose_device(None) == "cpu" and run.choose_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        run.choose_device("cuda")
+    # Checked before anything is written.
+    with pytest.raises(ConfigError, match="--tta"):
+        run.run_predict([ckpts[0]], tmp_path, tmp_path / "never", tta="d8")
+    assert not (tmp_path / "never").exists()
+
+
+def test_run_predict_names_scene_stages_by_stem():
+    from geopose.inference.run import scene_stage
+
+    assert scene_stage("JAX_1", "flow") == "JAX_1: flow"

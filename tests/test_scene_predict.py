@@ -474,6 +474,22 @@ def test_cli_end_to_end_vrt_bands_stretch_rectify_rerun_show(tmp_path, capsys, c
     assert code == 1 and "--stretch" in text
 
 
+def test_run_predict_reports_scene_stages_by_stem(tmp_path, ckpt):
+    """One ProgressFn: the image count, then each scene's stages named ``"{stem}: stage"``."""
+    from geopose.inference.run import run_predict
+
+    images = tmp_path / "images"
+    write_scene(images / "site.tif", scene_data(200, 260, seed=3))
+    calls = []
+    report = run_predict([ckpt], images, tmp_path / "out", tta="none", device="cpu",
+                         bands=(3, 2, 1), rectify=True, scene_tile=128,
+                         on_progress=lambda *c: calls.append(c))  # fmt: skip
+    assert report.written == ["site"]
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages == ["images", "site: predict", "site: flow", "site: rectify"]
+    assert calls[0] == ("images", 0, 1) and calls[-1] == ("images", 1, 1)
+
+
 def test_decimated_figure_input_of_a_scene(predicted):
     out, result, _, _, _, _ = predicted
     rgb, agl, factor = read_scene_for_figure(None, out / "site_AGL.tif", max_side=256)

@@ -9,7 +9,6 @@ from rich.markup import escape
 
 from geopose.cli.app import app, console, err_console, fail, progress_bar
 
-TTA_MODES = ("none", "flip", "d2", "d4")
 _STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"
 
 
@@ -137,48 +136,19 @@ def predict(
     images; under torchrun each rank predicts its own shard. Unreadable images (or without a
     GSD) are listed at the end and make the exit status 1.
     """
-    import torch
-
     from geopose.inference import distributed
-    from geopose.inference.ensemble import read_ensemble_spec
     from geopose.inference.run import run_predict
-    from geopose.models import expand_specs, resolve_spec
 
-    if tta is not None and tta not in TTA_MODES:
-        fail(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     band_list, stretch = scene_options(bands, stretch)
-    members, authors_tta = expand_specs([(p, 1.0) for p in [*(checkpoints or []), *(model or [])]])
-    if ensemble is not None:
-        members += read_ensemble_spec(ensemble)
-    if not members:
-        fail(
-            "give at least one model (a checkpoint, a published model name or file), or "
-            "--ensemble spec.yaml"
-        )
-    for spec, _ in members:
-        resolve_spec(spec)  # a missing file or an undownloaded name stops here, with its fix
-    tta = tta or authors_tta or "d4"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda asked for, but no CUDA device is available")
     main = distributed.env_info().is_main
     with progress_bar({"images": "predicting"}, disable=not main) as on_progress:
-        count = {"done": 0, "total": 0}  # run_predict's on_start / on_done, drawn as progress
-
-        def on_start(n: int) -> None:
-            count["total"] = n
-            on_progress("images", 0, n)
-
-        def on_done(job, status: str) -> None:
-            count["done"] += 1
-            on_progress("images", count["done"], count["total"])
-
         report = run_predict(
-            members,
+            [*(checkpoints or []), *(model or [])],
             images,
             out,
             tta=tta,
             shrink_scale=shrink_scale,
+            ensemble=ensemble,
             device=device,
             batch=batch,
             tile_size=tile_size,
@@ -186,15 +156,12 @@ def predict(
             city=city,
             tar=tar,
             overwrite=overwrite,
-            on_start=on_start,
-            on_done=on_done,
             bands=band_list,
             stretch=stretch,
             nodata=nodata,
             rectify=rectify,
             scene_tile=scene_tile,
-            scene_overlap=max(16, scene_tile // 8),
-            on_scene_progress=lambda job, stage, d, t: on_progress(f"{job.stem}: {stage}", d, t),
+            on_progress=on_progress,
         )
     if report is None:  # not rank 0
         return
@@ -208,8 +175,8 @@ def predict(
     failed = report.failed
     console.print(
         f"{report.n_images} image(s): {len(report.written)} predicted, {len(report.skipped)} "
-        f"already done" + (f", {len(failed)} failed" if failed else "") + f"; {len(members)} "
-        f"model(s), TTA {tta}, {report.device} -> {escape(str(out))}",
+        f"already done" + (f", {len(failed)} failed" if failed else "") + f"; "
+        f"{len(report.members)} model(s), TTA {report.tta}, {report.device} -> {escape(str(out))}",
         highlight=False,
         soft_wrap=True,
     )

@@ -1,17 +1,100 @@
-"""``geopose predict`` as a function: a folder of images -> predictions (and a submission),
-sharded over the ranks of a torchrun job when there is one."""
+"""``geopose predict`` as a function: models and a folder of images -> predictions (and a
+submission), sharded over the ranks of a torchrun job when there is one.
+
+:func:`run_predict` takes the models as the command does (files, published model or ensemble
+names, an ensemble YAML; :func:`resolve_members`), picks the TTA (:func:`choose_tta`) and the
+device (:func:`choose_device`), and reports progress through one
+:data:`~geopose.types.ProgressFn`: stage ``images`` counts this rank's images, and a scene's
+inner stages are ``"{stem}: predict"`` (tiles), ``"{stem}: flow"`` and ``"{stem}: rectify"``
+(:func:`scene_stage`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from geopose.errors import GeoposeDataError, OutputExistsError
+from geopose.errors import ConfigError, GeoposeDataError, OutputExistsError
 from geopose.inference import distributed as dist
+from geopose.inference.ensemble import Member, read_ensemble_spec
 from geopose.inference.predictor import ImageJob, Predictor, RunSummary, predict_jobs, resolve_jobs
-from geopose.inference.scene import SCENE_OVERLAP, SCENE_TILE, predict_scene_jobs
+from geopose.inference.scene import SCENE_TILE, predict_scene_jobs
 from geopose.io import check_output_dir, check_output_file, pack_submission
+from geopose.models.zoo.catalog import TTA_MODES
+
+if TYPE_CHECKING:
+    from geopose.types import ProgressFn
+
+IMAGES_STAGE = "images"
+"""The progress stage that counts a rank's images (``on_progress("images", done, total)``)."""
+
+DEFAULT_TTA = "d4"
+"""The TTA of a run that names none and no published ensemble."""
+
+Model = str | Path | tuple[str | Path, float]
+"""A model of a run: a file or a published model / ensemble name, or ``(that, weight)``."""
+
+
+def scene_stage(stem: str, stage: str) -> str:
+    """The progress stage of ``stage`` (``predict``, ``flow``, ``rectify``) inside scene
+    ``stem``: ``"{stem}: {stage}"``."""
+    return f"{stem}: {stage}"
+
+
+def resolve_members(
+    models: Sequence[Model] = (), ensemble: str | Path | None = None
+) -> tuple[list[Member], str | None]:
+    """The models of a run -> ``(members, authors_tta)``.
+
+    ``models`` (weight 1 unless given as ``(spec, weight)``) have their published ensemble
+    names expanded (:func:`geopose.models.expand_specs`); the ``ensemble`` YAML spec's members
+    follow. Every member must be a file or a downloaded published model: a missing one raises
+    :class:`~geopose.errors.GeoposeDataError` saying how to get it; no model at all raises
+    :class:`~geopose.errors.ConfigError`. ``authors_tta`` is the TTA of the first published
+    ensemble named, else None.
+    """
+    from geopose.models import expand_specs, resolve_spec
+
+    specs = [m if isinstance(m, tuple) else (m, 1.0) for m in models]
+    members, authors_tta = expand_specs(specs)
+    if ensemble is not None:
+        members += read_ensemble_spec(ensemble)
+    if not members:
+        raise ConfigError(
+            "give at least one model (a checkpoint, a published model name or file), or "
+            "--ensemble spec.yaml"
+        )
+    for spec, _ in members:
+        resolve_spec(spec)  # a missing file or an undownloaded name stops here, with its fix
+    return members, authors_tta
+
+
+def choose_tta(tta: str | None, authors_tta: str | None = None) -> str:
+    """The TTA of a run: ``tta`` when given (one of :data:`TTA_MODES`, else
+    :class:`~geopose.errors.ConfigError`), else the authors' of a published ensemble, else
+    :data:`DEFAULT_TTA`."""
+    check_tta(tta)
+    return tta or authors_tta or DEFAULT_TTA
+
+
+def check_tta(tta: str | None) -> None:
+    """:class:`~geopose.errors.ConfigError` unless ``tta`` is None or one of :data:`TTA_MODES`."""
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+
+
+def choose_device(device: str | None) -> str:
+    """``device``, or ``cuda`` when available else ``cpu``; a CUDA device asked for where
+    there is none raises :class:`~geopose.errors.ConfigError`."""
+    import torch
+
+    available = torch.cuda.is_available()
+    device = device or ("cuda" if available else "cpu")
+    if device.startswith("cuda") and not available:
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    return device
 
 
 @dataclass
@@ -21,6 +104,10 @@ class PredictReport:
     ranks: list[RunSummary]
     n_images: int
     device: str
+    members: list[Member] = field(default_factory=list)
+    """The weighted models run (published ensembles expanded)."""
+    tta: str = DEFAULT_TTA
+    """The TTA run (:func:`choose_tta`)."""
     tar: Path | None = None
     problems: list[str] = field(default_factory=list)
     unresolved: list[tuple[str, str]] = field(default_factory=list)
@@ -75,11 +162,11 @@ def _pack_and_validate(out_dir: Path, tar: Path, images_dir: Path, overwrite: bo
 
 
 def run_predict(
-    members: Sequence[tuple[str | Path, float]],
+    models: Sequence[Model],
     images_dir: str | Path,
     out_dir: str | Path,
-    tta: str = "d4",
-    device: str = "cpu",
+    tta: str | None = None,
+    device: str | None = None,
     batch: int = 8,
     tile_size: int = 2048,
     gsd: float | None = None,
@@ -87,22 +174,26 @@ def run_predict(
     tar: str | Path | None = None,
     overwrite: bool = False,
     shrink_scale: bool = False,
-    on_start: Callable[[int], None] | None = None,
-    on_done: Callable[[ImageJob, str], None] | None = None,
+    ensemble: str | Path | None = None,
     bands: tuple[int, ...] | None = None,
     stretch: str | None = None,
     nodata: float | None = None,
     rectify: bool = False,
     scene_tile: int = SCENE_TILE,
-    scene_overlap: int = SCENE_OVERLAP,
-    on_scene_progress: Callable[[ImageJob, str, int, int], None] | None = None,
+    scene_overlap: int | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> PredictReport | None:
     """Predict every image of ``images_dir`` into ``out_dir``; see ``geopose predict --help``.
 
+    ``models`` and ``ensemble`` (a YAML spec) give the members (:func:`resolve_members`);
+    ``tta`` None: the authors' TTA of a published ensemble, else ``d4`` (:func:`choose_tta`);
+    ``device`` None: CUDA when available (:func:`choose_device`). These are checked first, in
+    this order (one-line :class:`~geopose.errors.GeoposeError`), before anything is written.
+
     Under torchrun each rank takes its shard of the stem-sorted images; rank 0 gathers the
     summaries, packs ``tar`` (if given) and validates it, and returns the report (other ranks
-    return None). ``on_start(n)`` gets this rank's image count; ``on_done(job, status)`` follows
-    each image.
+    return None). ``on_progress(stage, done, total)``: stage ``images`` counts this rank's
+    images (``(0, n)`` first, then one step per image), scene stages as in the module doc.
 
     An image that cannot be read or has no GSD is left out and listed in ``report.failed``;
     the others are predicted, and ``tar`` is then not packed. An output folder (or ``tar``)
@@ -112,10 +203,15 @@ def run_predict(
     8-bit RGB or are larger than ``tile_size``, VRTs, every image when ``bands``/``stretch``
     is given, georeferenced images with ``rectify``) go through
     :func:`geopose.inference.scene.predict_scene` in ``scene_tile``-px tiles overlapping by
-    ``scene_overlap`` px, read as ``Scene(path, bands, stretch, nodata)``; ``rectify`` also
-    writes their nadir views. ``on_scene_progress(job, stage, done, total)`` follows the
-    stages inside a scene.
+    ``scene_overlap`` px (None: ``max(16, scene_tile // 8)``), read as ``Scene(path, bands,
+    stretch, nodata)``; ``rectify`` also writes their nadir views.
     """
+    check_tta(tta)
+    members, authors_tta = resolve_members(models, ensemble)
+    tta = choose_tta(tta, authors_tta)
+    device = choose_device(device)
+    if scene_overlap is None:
+        scene_overlap = max(16, scene_tile // 8)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     check_output_dir(out_dir)
     if tar is not None:
@@ -153,8 +249,19 @@ def run_predict(
                 )
             return loaded[0]
 
-        if on_start is not None:
-            on_start(len(mine))
+        finished = [0]
+
+        def on_done(job: ImageJob, status: str) -> None:
+            finished[0] += 1
+            if on_progress is not None:
+                on_progress(IMAGES_STAGE, finished[0], len(mine))
+
+        def on_scene_progress(job: ImageJob, stage: str, done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(scene_stage(job.stem, stage), done, total)
+
+        if on_progress is not None:
+            on_progress(IMAGES_STAGE, 0, len(mine))
         whole = [j for j in mine if not j.scene]
         scenes = [j for j in mine if j.scene]
         summary = predict_jobs(load, whole, out_dir, overwrite=overwrite, on_done=on_done)
@@ -182,6 +289,8 @@ def run_predict(
                 ranks=summaries,
                 n_images=len(jobs) + len(unresolved),
                 device=str(dev),
+                members=list(members),
+                tta=tta,
                 unresolved=unresolved,
             )
             if tar is not None:
