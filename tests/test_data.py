@@ -138,6 +138,19 @@ def test_cache_and_folder_windows_agree(data_dir, cache_dir):
     assert np.isnan(agl[:8]).all() and np.isnan(agl[:, 16:]).all()
 
 
+def test_prepare_reports_one_progress_stage_and_its_size(data_dir, tmp_path):
+    """``prepare_cache``: one ProgressFn stage, and the count and size the CLI prints."""
+    calls = []
+    out = tmp_path / "c"
+    cache = prepare_cache(data_dir, out, split="train", on_progress=lambda *c: calls.append(c))
+    assert calls == [("convert", i, 16) for i in range(1, 17)]
+    assert cache.root == out and len(cache.index) == 16 and cache.downsample == 1
+    assert cache.size_bytes == sum(p.stat().st_size for p in out.rglob("*.npy")) > 0
+    with pytest.raises(ConfigError, match="--split must be train, test or all, got 'val'"):
+        prepare_cache(data_dir, tmp_path / "never", split="val")
+    assert not (tmp_path / "never").exists()
+
+
 def test_downsampled_cache_adjusts_gsd_and_scale(data_dir, tmp_path):
     out = tmp_path / "half"
     prepare_cache(data_dir, out, downsample=2, split="train", workers=2)
@@ -170,8 +183,8 @@ def test_prepare_refuses_and_resumes(data_dir, tmp_path):
     victim.unlink()
     with pytest.raises(GeoposeDataError, match="unfinished"):
         CacheSource(out)
-    table = prepare_cache(data_dir, out, split="train")
-    assert victim.is_file() and len(table) == 16
+    cache = prepare_cache(data_dir, out, split="train")
+    assert victim.is_file() and len(cache.index) == 16
     prepare_cache(data_dir, out, split="train", overwrite=True)
     other = tmp_path / "not_a_cache"
     other.mkdir()

@@ -27,26 +27,21 @@ def prepare(
     a random crop by memory-mapping instead of decoding a whole 2048² image. Train on it with
     ``geopose train --data CACHE``. An interrupted run resumes where it stopped.
     """
-
     from geopose.data.cache import prepare_cache
-    from geopose.errors import ConfigError
 
-    if split not in ("train", "test", "all"):
-        raise ConfigError(f"--split must be train, test or all, got {split!r}")
     with progress_bar({"convert": "converting"}) as on_progress:
-        index = prepare_cache(
+        cache = prepare_cache(
             data,
             out,
             downsample=downsample,
             split=split,
             workers=workers,
             overwrite=overwrite,
-            progress=lambda done, total: on_progress("convert", done, total),
+            on_progress=on_progress,
         )
-    size = sum(p.stat().st_size for p in Path(out).rglob("*.npy"))
     console.print(
-        f"[bold green]done[/]: {len(index)} image(s) -> {escape(str(out))} "
-        f"({size / 2**30:.2f} GiB, downsample {downsample})",
+        f"[bold green]done[/]: {len(cache.index)} image(s) -> {escape(str(out))} "
+        f"({cache.size_bytes / 2**30:.2f} GiB, downsample {cache.downsample})",
         highlight=False,
         soft_wrap=True,
     )

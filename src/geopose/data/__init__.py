@@ -6,7 +6,7 @@ Modules import one way: ``sources`` -> ``cache`` -> ``base`` (the source interfa
 """
 
 from geopose.data.base import ImageHandle, ImageSource
-from geopose.data.cache import CacheSource, is_cache, prepare_cache
+from geopose.data.cache import CacheSource, PreparedCache, is_cache, prepare_cache
 from geopose.data.dataset import EpochSampler, GeoposeDataset, ResumableLoader, collate, to_item
 from geopose.data.folds import load_or_make_folds, make_folds, split_stems
 from geopose.data.sources import FolderSource, open_source
@@ -18,6 +18,7 @@ __all__ = [
     "GeoposeDataset",
     "ImageHandle",
     "ImageSource",
+    "PreparedCache",
     "ResumableLoader",
     "collate",
     "is_cache",

@@ -20,19 +20,21 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from geopose.data.base import ImageHandle, ImageSource, downsample_agl, downsample_rgb
-from geopose.errors import GeoposeDataError, OutputExistsError
-from geopose.types import city_index
+from geopose.errors import ConfigError, GeoposeDataError, OutputExistsError
+from geopose.types import ProgressFn, city_index
 
 MARKER = "geopose_cache.json"
 INDEX = "index.csv"
 FORMAT = 1
+CONVERT_STAGE = "convert"
+"""The progress stage of :func:`prepare_cache` (images converted)."""
 
 
 def is_cache(path: str | Path) -> bool:
@@ -128,6 +130,18 @@ def _check_out(out: Path, meta: dict, overwrite: bool) -> None:
         raise GeoposeDataError(out, f"an unfinished cache made with {old}; pass --overwrite")
 
 
+@dataclass
+class PreparedCache:
+    """What :func:`prepare_cache` made: the cache folder, its index and its size on disk."""
+
+    root: Path
+    index: pd.DataFrame
+    """One row per image (the cache's ``index.csv``)."""
+    size_bytes: int
+    """Bytes of every ``.npy`` file in the cache."""
+    downsample: int
+
+
 def prepare_cache(
     data: str | Path,
     out: str | Path,
@@ -135,13 +149,13 @@ def prepare_cache(
     split: str = "all",
     workers: int = 1,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> pd.DataFrame:
-    """Convert the data set at ``data`` into a cache at ``out``; returns the cache index.
+    on_progress: ProgressFn | None = None,
+) -> PreparedCache:
+    """Convert the data set at ``data`` into a cache at ``out`` (``geopose prepare``).
 
-    ``split``: ``train``, ``test`` or ``all``; ``workers`` processes decode in parallel;
-    ``progress(done, total)`` is called after each image. An unfinished cache with the same
-    settings is resumed.
+    ``split``: ``train``, ``test`` or ``all`` (else :class:`~geopose.errors.ConfigError`);
+    ``workers`` processes decode in parallel; ``on_progress("convert", done, total)`` is called
+    after each image. An unfinished cache with the same settings is resumed.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -153,6 +167,8 @@ def prepare_cache(
         write_text_atomic,
     )
 
+    if split not in ("train", "test", "all"):
+        raise ConfigError(f"--split must be train, test or all, got {split!r}")
     data, out = Path(data).resolve(), Path(out)
     check_output_dir(out)
     if downsample < 1:
@@ -171,18 +187,19 @@ def prepare_cache(
     if workers <= 1:
         for row in rows:
             results.append(convert_image(row, out, downsample))
-            if progress:
-                progress(len(results), len(rows))
+            if on_progress is not None:
+                on_progress(CONVERT_STAGE, len(results), len(rows))
     else:
         with ProcessPoolExecutor(workers) as pool:
             futures = [pool.submit(convert_image, row, out, downsample) for row in rows]
             for fut in futures:
                 results.append(fut.result())
-                if progress:
-                    progress(len(results), len(rows))
+                if on_progress is not None:
+                    on_progress(CONVERT_STAGE, len(results), len(rows))
     table = pd.DataFrame(results)
     write_text_atomic(out / INDEX, table.to_csv(index=False))
-    return table
+    size = sum(p.stat().st_size for p in out.rglob("*.npy"))
+    return PreparedCache(out, table, size, int(downsample))
 
 
 class CacheSource(ImageSource):
