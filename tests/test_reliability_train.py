@@ -324,6 +324,41 @@ FAULT = [
 ]
 
 
+class KillBeforeValidation(L.Callback):
+    """Raise (as a kill would) when validation starts after optimizer step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+def test_a_kill_between_an_epochs_last_batch_and_its_validation_loses_no_best_checkpoint(
+    data_dir, tmp_path
+):
+    """The step checkpoints skip the batch after which validation runs: a last.ckpt written
+    there would resume after it (Lightning skips the validation of a checkpoint saved on an
+    epoch's last batch) and its best checkpoint would never be written."""
+    cfg = config(
+        data_dir,
+        "data.fold=0",
+        "data.val_max_images=2",
+        "data.samples_per_epoch=16",  # 4 steps per epoch, validation after each
+        "train.max_steps=12",
+        "train.ckpt_every_steps=2",
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, tmp_path / "run", callbacks=[KillBeforeValidation(8)])
+    assert _step(tmp_path / "run/checkpoints/last.ckpt") == 6
+    train(cfg, tmp_path / "run", resume=True)
+    train(cfg, tmp_path / "ref")
+    names = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("epoch=*.ckpt"))
+    assert names == sorted(p.name for p in (tmp_path / "ref/checkpoints").glob("epoch=*.ckpt"))
+    assert any("step=000008" in n for n in names), names
+
+
 def _watch_and_kill(
     proc: subprocess.Popen, last: Path, min_step: int, delay: float, timeout: float = 90.0
 ) -> int:

@@ -87,10 +87,30 @@ class GuardedCheckpoint(ModelCheckpoint):
                 return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Step checkpoints skip the batch that validation follows: Lightning resumes a
+        checkpoint saved on an epoch's last batch *after* that epoch's validation (it takes it
+        for the one saved at validation end), so a kill before the validation finished would
+        lose its score and best checkpoint. The best checkpoints' callback saves ``last.ckpt``
+        once validation is done; a kill before then resumes from the step checkpoint before."""
+        if self._every_n_train_steps and _validates_after_this_batch(trainer):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if getattr(trainer.lightning_module, "stopped_reason", None) is not None:
             return
         super()._save_checkpoint(trainer, filepath)
+
+
+def _validates_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether Lightning runs validation right after the current training batch (epoch-end
+    validation every ``check_val_every_n_epoch`` epochs, the only schedule geopose uses)."""
+    if not trainer.enable_validation:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    every = trainer.check_val_every_n_epoch or 1
+    return bool(loop.batch_progress.is_last_batch) and (trainer.current_epoch + 1) % every == 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
