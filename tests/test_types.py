@@ -138,3 +138,17 @@ def test_old_import_paths_still_work():
     from geopose.data import collate
 
     assert _collate is collate
+
+
+def test_the_torch_free_layers_load_without_torch():
+    """io, metrics (scoring), synth, validate and rectify serve light commands (evaluate,
+    validate, synth workers): importing them must not load torch (1.5-2.6 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, geopose.io, geopose.types, geopose.metrics.evaluate, geopose.synth, "
+        "geopose.validate, geopose.rectify; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: io and metrics load without it
+    import torch
 
 # --- cities -----------------------------------------------------------------------------------
 
@@ -73,6 +75,8 @@ def unit_vector(
     ``fallback`` is for a trained regression head, which must always answer: ``v`` is nudged by
     ``1e-9 · fallback`` first, so a zero vector becomes ``fallback`` (norm always 1).
     """
+    import torch.nn.functional as F
+
     if fallback is not None:
         shape = [1] * v.dim()
         shape[dim] = 2
@@ -83,8 +87,16 @@ def unit_vector(
 def direction_known(direction: np.ndarray | torch.Tensor | Sequence[float]) -> bool:
     """Whether one direction ``(sin a, cos a)`` made by :func:`unit_vector` (averaged, fitted)
     holds evidence: its length is above 0.5 (unit vectors are, zero and NaN are not)."""
-    d = np.asarray(direction.detach().cpu() if isinstance(direction, torch.Tensor) else direction)
+    if _is_tensor(direction):
+        direction = direction.detach().cpu()
+    d = np.asarray(direction)
     return bool(np.hypot(float(d[0]), float(d[1])) > KNOWN_MIN_NORM)
+
+
+def _is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (a tensor means it is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 # --- model output -----------------------------------------------------------------------------
@@ -225,7 +237,9 @@ def image_to_unit(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
     same numbers in numpy and torch, for training and inference). A floating-point image is
     taken as already in [0, 1] and returned as it is. A torch result is a new tensor (divided
     in place after the conversion), on the input's device."""
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
+        import torch
+
         if image.is_floating_point():
             return image
         return image.to(torch.float32).div_(255.0)
