@@ -499,16 +499,20 @@ def test_decimated_figure_input_of_a_scene(predicted):
 # --- memory ---------------------------------------------------------------------------------
 
 
-def _numpy_peak(tmp_path: Path, h: int, w: int, tile: int) -> tuple[int, int]:
+def _numpy_peak(
+    tmp_path: Path, h: int, w: int, tile: int, threads: bool = False
+) -> tuple[int, int]:
     """Peak bytes of Python/numpy allocations (tracemalloc) while predicting an h×w scene with
-    ``tile``-px tiles and blocks, and the number of tiles."""
+    ``tile``-px tiles and blocks, and the number of tiles. Without the reader and writer
+    threads by default: with them, how many queued tiles and strips are alive at the peak
+    depends on the machine's load (bounded by the queues' depth)."""
     src = write_scene(tmp_path / f"{h}x{w}.tif", scene_data(h, w, seed=11))
     predictor = Predictor([Local()], tta="none", max_batch=1)
     with Scene(src) as scene:
         tracemalloc.start()
         try:
             res = predict_scene(predictor, scene, tmp_path / f"o{h}", "s", tile=tile,
-                                overlap=tile // 8, blocksize=tile)  # fmt: skip
+                                overlap=tile // 8, blocksize=tile, threads=threads)  # fmt: skip
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -529,3 +533,6 @@ def test_memory_is_a_band_of_tiles_whatever_the_scene_height(tmp_path):
     assert peaks[4 * tile] < 4 * band, peaks
     assert peaks[16 * tile] < 1.1 * peaks[4 * tile], peaks  # the height does not count
     assert peaks[16 * tile] < 0.5 * (16 * tile * w * 4), peaks
+    # with the threads: at most the queues' few tiles and strips more, whatever the load
+    threaded, _ = _numpy_peak(tmp_path / "t", 16 * tile, w, tile, threads=True)
+    assert threaded < peaks[16 * tile] + 3 * band, (threaded, peaks)
