@@ -22,6 +22,7 @@ pooled direction head so that the outputs hold non-trivial values) through
     python benchmarks/bench_scene.py                       # 16384², CPU, TTA none
     python benchmarks/bench_scene.py --size 4096 --rectify  # a quick run, nadir views too
     python benchmarks/bench_scene.py --no-threads           # reading/writing in the main thread
+    python benchmarks/bench_scene.py --torch-threads 1      # the model leaves a core to the I/O
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def _child(args: dict, q: mp.Queue) -> None:
     from geopose.models import create_model
 
     torch.manual_seed(0)
+    if args["torch_threads"]:
+        torch.set_num_threads(args["torch_threads"])
     # cpu_small with softplus heights and a pooled direction head: at random init its outputs
     # are positive heights and a direction (the ramp fit finds none), so the AGL and FLOW
     # files hold non-trivial floats to compress, as a trained model's would; same cost.
@@ -208,6 +211,13 @@ def main() -> None:
         help="read and write in the main thread (no overlap with the model)",
     )
     ap.add_argument("--calib", type=int, default=4, help="tiles timed for the model's own time")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of the model (0: torch's default, one per core); cores - 1 "
+        "leaves the reader and writer threads a core, as on a machine with cores to spare",
+    )
     ap.add_argument(
         "--work",
         default=str(Path(tempfile.gettempdir()) / "geopose_bench_scene"),
