@@ -500,8 +500,10 @@ def _rectify_scene_files(
     nodata: float | None,
 ) -> dict[str, Path]:
     """:func:`rectify_files` for a scene: checked inputs, then :func:`rectify_windowed`."""
+    import rasterio
     from rasterio.errors import RasterioError
 
+    from geopose.io import SCENE_CACHE_MB
     from geopose.io.scene import Scene
 
     angle, scale = read_vflow(vflow_path)
@@ -511,16 +513,17 @@ def _rectify_scene_files(
     if rgb_path is not None:
         scene = Scene(rgb_path, bands=bands, stretch=stretch or "auto", nodata=nodata)
     try:
-        return rectify_windowed(
-            agl_path,
-            angle,
-            scale,
-            out_dir,
-            stem,
-            scene=scene,
-            overwrite=overwrite,
-            fill_holes=fill_holes,
-        )
+        with rasterio.Env(GDAL_CACHEMAX=SCENE_CACHE_MB * 2**20):  # not 5 % of RAM
+            return rectify_windowed(
+                agl_path,
+                angle,
+                scale,
+                out_dir,
+                stem,
+                scene=scene,
+                overwrite=overwrite,
+                fill_holes=fill_holes,
+            )
     except RasterioError as exc:
         raise GeoposeDataError(agl_path, f"unreadable raster ({exc})") from exc
     finally:

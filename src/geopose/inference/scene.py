@@ -6,7 +6,8 @@ layout and blending windows as :func:`geopose.inference.tiling.predict_tiled` (s
 predicted here equals :meth:`Predictor.predict` of the whole stretched image with the same tile
 size and overlap, to float rounding). Memory holds one band of tile rows: a float32 accumulator
 of ``tile + blocksize`` rows by the scene's width (100 MB for a 16384 px wide scene with 1024 px
-tiles), one tile's input and the model; never the whole scene.
+tiles), one tile's input, the model and GDAL's block cache (capped at
+:data:`SCENE_CACHE_MB`); never the whole scene.
 
 Outputs in ``out_dir`` (each written atomically as a tiled, deflate-compressed COG with
 overviews by ``geopose.io.cog.BlockWriter``; NaN is nodata), in this order:
@@ -61,6 +62,7 @@ from geopose.geometry import vector_to_angle
 from geopose.inference.predictor import Predictor, RunSummary, flow_name
 from geopose.inference.tiling import axis_weights, tile_starts
 from geopose.io import (
+    SCENE_CACHE_MB,
     agl_name,
     ensure_output_dir,
     read_vflow,
@@ -561,55 +563,60 @@ def predict_scene(
             getattr(scene, "path", stem), "no GSD (not georeferenced in metres); pass --gsd"
         )
     ensure_output_dir(out_dir)
-    result = SceneResult(stem, paths, NO_DIRECTION_ANGLE, 0.0, False)
-    note = out_dir / pose_name(stem)
-    resumed = not overwrite and _resume_pose(note, paths["agl"], result)
-    if not resumed:
-        note.unlink(missing_ok=True)
-        _pass_agl(
-            predictor,
-            scene,
-            paths["agl"],
-            gsd=float(gsd),
-            city=int(city),
-            tile=tile,
-            overlap=overlap,
-            margin=margin,
-            blocksize=blocksize,
-            overwrite=True,  # a partial set of an interrupted run
-            threads=threads,
-            on_progress=on_progress,
-            result=result,
-        )
-        _write_pose(note, result)
-    write_flow(
-        paths["agl"],
-        paths["flow"],
-        result.angle,
-        result.scale,
-        overwrite=True,
-        blocksize=blocksize,
-        threads=threads,
-        on_progress=on_progress,
-    )
-    if rectify:
-        from geopose.rectify import rectify_windowed
+    import rasterio
 
-        rectify_windowed(
+    # GDAL's block cache defaults to 5 % of RAM (6.4 GB on a 128 GB machine) and fills with
+    # the scene's blocks as the tiles pass: cap it, so memory does not grow with the scene.
+    with rasterio.Env(GDAL_CACHEMAX=SCENE_CACHE_MB * 2**20):
+        result = SceneResult(stem, paths, NO_DIRECTION_ANGLE, 0.0, False)
+        note = out_dir / pose_name(stem)
+        resumed = not overwrite and _resume_pose(note, paths["agl"], result)
+        if not resumed:
+            note.unlink(missing_ok=True)
+            _pass_agl(
+                predictor,
+                scene,
+                paths["agl"],
+                gsd=float(gsd),
+                city=int(city),
+                tile=tile,
+                overlap=overlap,
+                margin=margin,
+                blocksize=blocksize,
+                overwrite=True,  # a partial set of an interrupted run
+                threads=threads,
+                on_progress=on_progress,
+                result=result,
+            )
+            _write_pose(note, result)
+        write_flow(
             paths["agl"],
+            paths["flow"],
             result.angle,
             result.scale,
-            out_dir,
-            stem,
-            scene=scene,
             overwrite=True,
-            fill_holes=fill_holes,
-            max_agl=result.max_agl,
             blocksize=blocksize,
+            threads=threads,
             on_progress=on_progress,
         )
-    write_vflow(paths["vflow"], result.angle, result.scale, overwrite=True)
-    note.unlink(missing_ok=True)
+        if rectify:
+            from geopose.rectify import rectify_windowed
+
+            rectify_windowed(
+                paths["agl"],
+                result.angle,
+                result.scale,
+                out_dir,
+                stem,
+                scene=scene,
+                overwrite=True,
+                fill_holes=fill_holes,
+                max_agl=result.max_agl,
+                blocksize=blocksize,
+                on_progress=on_progress,
+            )
+        write_vflow(paths["vflow"], result.angle, result.scale, overwrite=True)
+        note.unlink(missing_ok=True)
     result.seconds = time.perf_counter() - t_start
     return result
 

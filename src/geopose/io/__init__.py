@@ -9,7 +9,7 @@ from geopose.io.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from geopose.io.cog import BlockWriter, is_cog
+from geopose.io.cog import SCENE_CACHE_MB, BlockWriter, is_cog
 from geopose.io.geotiff import Georef, read_georef, write_geotiff
 from geopose.io.layout import (
     CITIES,
@@ -51,6 +51,7 @@ from geopose.io.vflow import Vflow, parse_vflow, read_vflow, vflow_json, write_v
 __all__ = [
     "AGL_NODATA",
     "BlockWriter",
+    "SCENE_CACHE_MB",
     "CITIES",
     "Georef",
     "Scene",

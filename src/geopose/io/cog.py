@@ -21,6 +21,9 @@ import numpy as np
 from geopose.io.atomic import atomic_path, check_output_file
 from geopose.io.geotiff import Georef
 
+SCENE_CACHE_MB = 256
+"""GDAL block cache (MB) while a scene is predicted: a tile row's input blocks (150 MB for a
+16384 px wide 4-band uint16 scene with 1024 px tiles) fit; GDAL's default is 5 % of RAM."""
 FINISH_CACHE_MB = 128
 """GDAL block cache (MB) while overviews are built and the COG is copied: bounds the memory of
 finishing (measured, a 16384² float32 map written in 512² tiles: 241 MB peak RSS of the whole
