@@ -16,7 +16,6 @@ The json is written last: an image whose json exists and parses has complete out
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from geopose.io import (
     agl_name,
     city_of,
     ensure_output_dir,
+    georef_gsd,
     read_agl,
     read_georef,
     read_metadata,
@@ -60,8 +60,6 @@ from geopose.types import (  # owner of ImagePrediction, NO_DIRECTION_ANGLE, cit
 
 MIN_TILE = 256
 """Smallest tile (px) the CUDA out-of-memory fallback goes down to."""
-METRES_PER_DEGREE = 111_320.0
-"""Metres per degree of latitude (and of longitude at the equator), for geographic CRSs."""
 
 
 def flow_name(stem: str) -> str:
@@ -136,21 +134,6 @@ def metadata_lookup(images_dir: Path) -> dict[str, tuple[str, float]]:
                 out[f"{row.city}_{row.id}"] = (row.city, float(row.gsd))
             return out
     return {}
-
-
-def georef_gsd(georef: Georef) -> float | None:
-    """Pixel size (m) of a georeference: projected CRSs convert by their linear unit;
-    geographic CRSs (degrees) use 111,320 m per degree, times cos(latitude) across."""
-    t, crs = georef.transform, georef.crs
-    px_x, px_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if crs.is_geographic:
-        lat = math.radians(t.f)
-        gsd = 0.5 * (px_x * math.cos(lat) + px_y) * METRES_PER_DEGREE
-    elif crs.is_projected:
-        gsd = 0.5 * (px_x + px_y) * float(crs.linear_units_factor[1])
-    else:
-        return None
-    return gsd if gsd > 0 else None
 
 
 def image_georef(path: Path) -> Georef | None:

@@ -89,8 +89,7 @@ def default_bands(src: Any) -> tuple[int, int, int]:
 
 def georef_gsd(georef: Georef | None) -> float | None:
     """Pixel size (m) of a georeference, None without one: projected CRSs convert by their
-    linear unit; geographic CRSs (degrees) use 111,320 m per degree, times cos(latitude) across.
-    (The same rule as ``geopose.inference.predictor.georef_gsd``.)"""
+    linear unit; geographic CRSs (degrees) use 111,320 m per degree, times cos(latitude) across."""
     if georef is None:
         return None
     t, crs = georef.transform, georef.crs
