@@ -99,3 +99,51 @@ def fail(message: str, code: int = 1) -> None:
     """Print one red ``error:`` line on stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# --- options shared by the commands that read satellite scenes ---------------------------------
+
+_STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"
+SCENE_BANDS = typer.Option(
+    None,
+    "--bands",
+    help="Scene bands shown as R,G,B (1-based, e.g. 3,2,1; one band for grey); makes the "
+    "image a scene.",
+    show_default=False,
+)
+SCENE_STRETCH = typer.Option(
+    None,
+    "--stretch",
+    help="Scene DN -> 8-bit: auto, none, pLOW-HIGH (p2-98), minmax; makes the image a scene.",
+    show_default=False,
+)
+SCENE_NODATA = typer.Option(
+    None,
+    "--nodata",
+    help="DN meaning no data in a scene (default: the file's nodata value / mask).",
+    show_default=False,
+)
+
+
+def scene_options(
+    bands: str | None, stretch: str | None
+) -> tuple[tuple[int, ...] | None, str | None]:
+    """Check ``--bands``/``--stretch`` (one error line and exit 1 when malformed)."""
+    import re
+
+    from geopose.errors import ConfigError
+    from geopose.io.scene import parse_bands
+
+    parsed = None
+    if bands is not None:
+        try:
+            parsed = parse_bands(bands)
+        except ConfigError as exc:
+            fail(f"--bands: {exc}")
+        if len(parsed) not in (1, 3):
+            fail(f"--bands {bands!r}: give three bands (red, green, blue) or one (grey)")
+    if stretch is not None:
+        stretch = stretch.strip().lower()
+        if not re.match(_STRETCH_RE, stretch):
+            fail(f"--stretch {stretch!r}: use auto, none, minmax or pLOW-HIGH (e.g. p2-98)")
+    return parsed, stretch

@@ -7,33 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console, fail, progress_bar
-
-_STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"
-
-
-def scene_options(
-    bands: str | None, stretch: str | None
-) -> tuple[tuple[int, ...] | None, str | None]:
-    """Check ``--bands``/``--stretch`` (one error line and exit 1 when malformed)."""
-    import re
-
-    from geopose.errors import ConfigError
-    from geopose.io.scene import parse_bands
-
-    parsed = None
-    if bands is not None:
-        try:
-            parsed = parse_bands(bands)
-        except ConfigError as exc:
-            fail(f"--bands: {exc}")
-        if len(parsed) not in (1, 3):
-            fail(f"--bands {bands!r}: give three bands (red, green, blue) or one (grey)")
-    if stretch is not None:
-        stretch = stretch.strip().lower()
-        if not re.match(_STRETCH_RE, stretch):
-            fail(f"--stretch {stretch!r}: use auto, none, minmax or pLOW-HIGH (e.g. p2-98)")
-    return parsed, stretch
+from geopose.cli.app import app, console, err_console, fail, progress_bar, scene_options
 
 
 @app.command()

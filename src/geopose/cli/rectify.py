@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, err_console, fail, progress_bar
+from geopose.cli.app import (
+    SCENE_BANDS,
+    SCENE_NODATA,
+    SCENE_STRETCH,
+    app,
+    console,
+    err_console,
+    fail,
+    progress_bar,
+    scene_options,
+)
 
 
 def _one(
@@ -79,24 +89,9 @@ def rectify_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     no_fill: bool = typer.Option(False, "--no-fill", help="Leave one-pixel sampling gaps empty."),
-    bands: str | None = typer.Option(
-        None,
-        "--bands",
-        help="Scene bands shown as R,G,B (1-based, e.g. 3,2,1); makes the image a scene.",
-        show_default=False,
-    ),
-    stretch: str | None = typer.Option(
-        None,
-        "--stretch",
-        help="Scene DN -> 8-bit: auto, none, pLOW-HIGH (p2-98), minmax; makes it a scene.",
-        show_default=False,
-    ),
-    nodata: float | None = typer.Option(
-        None,
-        "--nodata",
-        help="DN meaning no data in a scene (default: the file's).",
-        show_default=False,
-    ),
+    bands: str | None = SCENE_BANDS,
+    stretch: str | None = SCENE_STRETCH,
+    nodata: float | None = SCENE_NODATA,
 ) -> None:
     """Rectify oblique images to nadir: every pixel moves by its flow to its ground footprint.
 
@@ -106,8 +101,6 @@ def rectify_cmd(
     .vrt, --bands/--stretch) are rectified window by window into Cloud-Optimized GeoTIFFs
     (NADIR_AGL float32 metres, NaN = occluded).
     """
-    from geopose.cli.predict import scene_options
-
     band_list, stretch = scene_options(bands, stretch)
     scene = {"bands": band_list, "stretch": stretch, "nodata": nodata}
     if pred is not None:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, progress_bar
+from geopose.cli.app import (
+    SCENE_BANDS,
+    SCENE_NODATA,
+    SCENE_STRETCH,
+    app,
+    console,
+    progress_bar,
+    scene_options,
+)
 
 
 @app.command()
@@ -30,30 +38,14 @@ def show(
     limit: int = typer.Option(0, "--limit", help="At most this many image figures (0 = all)."),
     out: Path = typer.Option(..., "--out", help="Output folder for the PNG figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing figures."),
-    bands: str | None = typer.Option(
-        None,
-        "--bands",
-        help="Scene bands shown as R,G,B (1-based, e.g. 3,2,1).",
-        show_default=False,
-    ),
-    stretch: str | None = typer.Option(
-        None,
-        "--stretch",
-        help="Scene DN -> 8-bit: auto, none, pLOW-HIGH (p2-98), minmax.",
-        show_default=False,
-    ),
-    nodata: float | None = typer.Option(
-        None,
-        "--nodata",
-        help="DN meaning no data in a scene (default: the file's).",
-        show_default=False,
-    ),
+    bands: str | None = SCENE_BANDS,
+    stretch: str | None = SCENE_STRETCH,
+    nodata: float | None = SCENE_NODATA,
 ) -> None:
     """Draw figures: per image RGB | AGL | MAG | flow arrows | rectified RGB | rectified AGL
     (with --truth also error maps and a predicted-vs-true height hexbin), per-city score bars,
     training curves. Writes OUT/{stem}_figure.png, OUT/scores.png, OUT/training.png.
     Scenes (large, multi-band, 16-bit, .vrt) are read decimated from their overviews."""
-    from geopose.cli.predict import scene_options
     from geopose.viz.show import write_figures
 
     band_list, stretch = scene_options(bands, stretch)
