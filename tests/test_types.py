@@ -142,7 +142,7 @@ def test_old_import_paths_still_work():
 
 def test_the_torch_free_layers_load_without_torch():
     """io, metrics (scoring), synth, validate and rectify serve light commands (evaluate,
-    validate, synth workers): importing them must not load torch (1.5-2.6 s)."""
+    validate, synth workers): importing them must not load torch (about 2 s to import)."""
     import subprocess
     import sys
 
