@@ -142,12 +142,14 @@ def _child(args: dict, q: mp.Queue) -> None:
     out = Path(args["out"])
     shutil.rmtree(out, ignore_errors=True)
     with Scene(args["scene"]) as scene:
-        # The model's own time per tile: a few of the scene's tiles held in memory, after a
-        # warm-up call; nothing else running.
+        # The model's own time per tile: a few of the scene's tiles held in memory, after two
+        # warm-up calls (the first calls after start are slower: allocator, oneDNN kernels);
+        # nothing else running.
         starts = tile_starts(scene.height, tile, args["overlap"])
         mid = starts[len(starts) // 2]
         calib = [scene.read(Window(c, mid, tile, tile))[0] for c in starts[: args["calib"] + 1]]
-        predictor.predict_tiles(calib[0][None], scene.gsd)
+        for _ in range(2):
+            predictor.predict_tiles(calib[0][None], scene.gsd)
 
         def model_alone() -> tuple[float, float]:
             """Wall and CPU seconds per tile of the model alone (mean over the tiles)."""
@@ -210,7 +212,7 @@ def main() -> None:
         action="store_false",
         help="read and write in the main thread (no overlap with the model)",
     )
-    ap.add_argument("--calib", type=int, default=4, help="tiles timed for the model's own time")
+    ap.add_argument("--calib", type=int, default=8, help="tiles timed for the model's own time")
     ap.add_argument(
         "--torch-threads",
         type=int,

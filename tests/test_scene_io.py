@@ -541,6 +541,66 @@ def test_blockwriter_refuses_overwrite(tmp_path: Path) -> None:
     assert is_cog(out) and sorted(os.listdir(tmp_path)) == ["AGL.tif"]
 
 
+def test_intermediate_is_zstd_where_gdal_has_it(tmp_path: Path) -> None:
+    """The intermediate of a BlockWriter is compressed with what intermediate_compression
+    chose (the rasterio wheels' GDAL has ZSTD), and it is gone after the copy."""
+    opts = cog_module.intermediate_compression()
+    assert opts in ({"compress": "zstd", "zstd_level": 1}, {"compress": "deflate", "zlevel": 1})
+    seen = {}
+    copy = cog_module.copy_to_cog
+
+    def spy(src, dst, *a, **k):
+        with rasterio.open(src) as part:
+            seen["compress"] = part.profile["compress"]
+            seen["overviews"] = part.overviews(1)
+        return copy(src, dst, *a, **k)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cog_module, "copy_to_cog", spy)
+    try:
+        with BlockWriter(tmp_path / "a.tif", 300, 200, 1, "float32", None, blocksize=64) as w:
+            w.write(np.ones((1, 200, 300), np.float32), Window(0, 0, 300, 200))
+    finally:
+        mp.undo()
+    assert seen == {"compress": opts["compress"], "overviews": [2, 4, 8]}
+    assert sorted(os.listdir(tmp_path)) == ["a.tif"]
+    with rasterio.open(tmp_path / "a.tif") as src:
+        assert src.profile["compress"] == "deflate"  # the COG: what users' tools all read
+
+
+def test_write_scaled_cog_scales_pixels_and_overviews(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    agl = rng.uniform(0, 40, (1, 700, 900)).astype(np.float32)
+    agl[0, :50] = np.nan  # a nodata border
+    src = tmp_path / "AGL.tif"
+    with BlockWriter(
+        src, 900, 700, 1, "float32", Georef(UTM, TRANSFORM), np.nan, blocksize=128
+    ) as w:
+        write_blocks(w, agl, 128)
+    out = tmp_path / "FLOW.tif"
+    factors = (0.6 * np.sin(1.1), 0.6 * np.cos(1.1))
+    assert cog_module.write_scaled_cog(src, out, factors, ["dx", "dy"]) == out
+    assert is_cog(out) and sorted(os.listdir(tmp_path)) == ["AGL.tif", "FLOW.tif"]
+    with rasterio.open(src) as a, rasterio.open(out) as f:
+        assert f.crs == UTM and f.transform == TRANSFORM and np.isnan(f.nodata)
+        assert f.count == 2 and f.dtypes == ("float32", "float32")
+        assert f.descriptions == ("dx", "dy") and f.block_shapes[0] == (128, 128)
+        assert f.overviews(1) == a.overviews(1) == [2, 4, 8]
+        flow = f.read()
+        a4, f4 = a.read(1, out_shape=(175, 225)), f.read(out_shape=(2, 175, 225))
+    for band, k in enumerate(factors):
+        np.testing.assert_allclose(flow[band], agl[0] * k, rtol=1e-6)  # NaN where AGL is NaN
+        np.testing.assert_allclose(f4[band], a4 * k, rtol=1e-6)  # the overviews, scaled
+    # zero factors: zero flow, NaN kept on nodata; an existing output is refused
+    with pytest.raises(OutputExistsError):
+        cog_module.write_scaled_cog(src, out, (0.0, 0.0))
+    cog_module.write_scaled_cog(src, out, (0.0, 0.0), overwrite=True)
+    with rasterio.open(out) as f:
+        zero = f.read()
+    assert np.nanmax(np.abs(zero)) == 0 and np.isnan(zero[:, :50]).all()
+    assert np.isfinite(zero[:, 50:]).all()
+
+
 def test_is_cog_rejects_other_layouts(tmp_path: Path) -> None:
     data = np.zeros((1, 1200, 1200), np.uint8)
     assert not is_cog(write_tif(tmp_path / "striped.tif", data))

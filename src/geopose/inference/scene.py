@@ -14,8 +14,8 @@ overviews by ``geopose.io.cog.BlockWriter``; NaN is nodata), in this order:
 
 1. ``{stem}_AGL.tif``: float32 metres, NaN where the input is nodata (all of a pixel's bands
    equal to the nodata value, as ``Scene`` reports it);
-2. ``{stem}_FLOW.tif``: 2 bands ``(dx, dy)`` px = AGL · scale · (sin angle, cos angle), a
-   second pass over the AGL file, window by window;
+2. ``{stem}_FLOW.tif``: 2 bands ``(dx, dy)`` px = AGL · scale · (sin angle, cos angle),
+   copied from the AGL file by GDAL through a VRT that scales it (:func:`write_flow`);
 3. with ``rectify=True``: ``{stem}_NADIR_RGB.tif`` (the scene's 3 display bands moved to their
    ground footprints, 0 where occluded), ``{stem}_NADIR_AGL.tif`` (float32 m, NaN where
    occluded) and ``{stem}_OCCLUDED.tif`` (255 = no pixel landed there), by
@@ -442,70 +442,26 @@ def _views(predictor: Predictor) -> int:
 # --- the second pass: AGL -> FLOW -------------------------------------------------------------
 
 
-def _strips(height: int, rows: int) -> list[tuple[int, int]]:
-    """``(row0, n)`` strips of ``rows`` rows covering ``height``."""
-    return [(r, min(rows, height - r)) for r in range(0, height, rows)]
-
-
 def write_flow(
     agl_path: str | Path,
     flow_path: str | Path,
     angle: float,
     scale: float,
     overwrite: bool = False,
-    blocksize: int = BLOCKSIZE,
-    threads: bool = True,
     on_progress: ProgressFn | None = None,
 ) -> Path:
-    """Write the 2-band ``(dx, dy)`` px flow COG of a float32-metre AGL raster, window by window:
+    """Write the 2-band ``(dx, dy)`` px flow COG of a float32-metre AGL COG:
     ``agl · scale · (sin angle, cos angle)`` (``angle`` rad, ``scale`` px/m), NaN where the AGL
-    is NaN, with the AGL's CRS and transform."""
-    import rasterio
-    from rasterio.windows import Window
+    is NaN, with the AGL's CRS, transform, tiling and overviews (scaled), in one GDAL copy
+    (:func:`geopose.io.cog.write_scaled_cog`: no pass over the pixels in Python)."""
+    from geopose.io.cog import write_scaled_cog
 
-    from geopose.io import Georef
-    from geopose.io.cog import BlockWriter
-
-    sin, cos = np.float32(math.sin(angle)), np.float32(math.cos(angle))
-    with rasterio.open(agl_path) as src:
-        h, w = src.height, src.width
-        georef = Georef(src.crs, src.transform) if src.crs is not None else None
-        step = 2 * blocksize  # windows of 1×2 blocks: memory independent of the scene's width
-        windows = [
-            Window(c, r, min(step, w - c), n)
-            for r, n in _strips(h, blocksize)
-            for c in range(0, w, step)
-        ]
-
-        def read() -> Iterator[tuple[Window, np.ndarray]]:
-            for win in windows:
-                yield win, src.read(1, window=win, out_dtype="float32")
-
-        with (
-            BlockWriter(
-                flow_path,
-                w,
-                h,
-                2,
-                "float32",
-                georef,
-                nodata=float("nan"),
-                overwrite=overwrite,
-                blocksize=blocksize,
-                band_names=["dx", "dy"],
-            ) as writer,
-            background_writer(threads, depth=1) as bg,
-            contextlib.closing(prefetch(read(), 1, threads)) as agl_windows,
-        ):
-            for k, (win, agl) in enumerate(agl_windows):
-                agl *= np.float32(scale)  # the magnitude, px
-                flow = np.empty((2, *agl.shape), np.float32)
-                np.multiply(agl, sin, out=flow[0])
-                np.multiply(agl, cos, out=flow[1])
-                del agl
-                bg.put(writer, flow, win)
-                if on_progress is not None:
-                    on_progress("flow", k + 1, len(windows))
+    if on_progress is not None:
+        on_progress("flow", 0, 1)
+    factors = (scale * math.sin(angle), scale * math.cos(angle))
+    write_scaled_cog(agl_path, flow_path, factors, ["dx", "dy"], overwrite=overwrite)
+    if on_progress is not None:
+        on_progress("flow", 1, 1)
     return Path(flow_path)
 
 
@@ -595,8 +551,6 @@ def predict_scene(
             result.angle,
             result.scale,
             overwrite=True,
-            blocksize=blocksize,
-            threads=threads,
             on_progress=on_progress,
         )
         if rectify:
