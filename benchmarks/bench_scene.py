@@ -142,14 +142,15 @@ def _child(args: dict, q: mp.Queue) -> None:
     out = Path(args["out"])
     shutil.rmtree(out, ignore_errors=True)
     with Scene(args["scene"]) as scene:
-        # The model's own time per tile: a few of the scene's tiles held in memory, after two
-        # warm-up calls (the first calls after start are slower: allocator, oneDNN kernels);
-        # nothing else running.
+        # The model's own time per tile: a few of the scene's tiles held in memory, after a
+        # warm-up pass over them all (the first calls of a fresh process are slower: with 2
+        # warm-up calls the tiles took 1.34 s each before the run and 0.84 s after it, the
+        # allocator and oneDNN still settling); nothing else running.
         starts = tile_starts(scene.height, tile, args["overlap"])
         mid = starts[len(starts) // 2]
         calib = [scene.read(Window(c, mid, tile, tile))[0] for c in starts[: args["calib"] + 1]]
-        for _ in range(2):
-            predictor.predict_tiles(calib[0][None], scene.gsd)
+        for rgb in calib:
+            predictor.predict_tiles(rgb[None], scene.gsd)
 
         def model_alone() -> tuple[float, float]:
             """Wall and CPU seconds per tile of the model alone (mean over the tiles)."""

@@ -149,6 +149,11 @@ def main() -> None:
         f"\ntraining, {args.recipe} at {args.train_crop}², batch {args.batch}, CPU, channels_last "
         f"(native bf16: {native}, so geopose train uses {'bf16' if native else 'fp32'}):"
     )
+    from geopose.runtime import reuse_freed_memory
+
+    # as geopose train does on a CPU; MALLOC_TRIM_THRESHOLD_=131072 in the environment turns
+    # it off (glibc's defaults: every activation on fresh pages)
+    print(f"  freed memory reused (geopose.runtime): {reuse_freed_memory()}")
     threads = torch.get_num_threads()
     for n in sorted({1, threads}):
         torch.set_num_threads(n)

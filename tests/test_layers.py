@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "geopose"
 LAYERS: list[set[str]] = [
     {"errors"},  # the exceptions every layer raises
     {"types"},  # the types that cross layers (model output, ...) and one-rule helpers
-    {"", "logs"},  # the package root (version, re-exported errors), quiet-by-default logging
+    {"", "logs", "runtime"},  # the package root, quiet-by-default logging, process settings
     {"geometry"},  # the conventions' maths
     {"io"},  # files: rasters, tables, submissions, atomic writes, downloads
     {"transforms"},  # augmentation: pure functions of a types.Sample (the data set applies them)

@@ -49,6 +49,7 @@ from geopose.io import (
     write_vflow,
 )
 from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
+from geopose.runtime import reuse_freed_memory
 from geopose.types import (  # owner of ImagePrediction, NO_DIRECTION_ANGLE, city_index
     NO_DIRECTION_ANGLE,
     GeoposeOutput,
@@ -317,6 +318,8 @@ class Predictor:
         tta_views(tta)  # check the name early
         self.shrink_scale = bool(shrink_scale)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # -35 % per tile on CPU (geopose.runtime)
         runners = [ModelRunner(m, amp=amp).to_device(self.device) for m in models]
         self.forward = Ensemble(runners, weights)
         self.tta = tta

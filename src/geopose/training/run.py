@@ -43,6 +43,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from geopose.config import load_config, resolve_config, save_config
 from geopose.errors import ConfigError, GeoposeDataError, GeoposeError, OutputExistsError
 from geopose.models.model import without_pretrained
+from geopose.runtime import reuse_freed_memory
 from geopose.training.datamodule import GeoposeDataModule
 from geopose.training.task import GeoposeTask
 
@@ -350,6 +351,8 @@ def train(
         raise ConfigError(f"train: {exc}") from exc
     if accel == "gpu":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
+    else:
+        reuse_freed_memory()  # no fresh pages for every activation (geopose.runtime)
     if rank0:
         _prepare_run_dir(out, resume, overwrite)
         _remove_stale_temps(out)

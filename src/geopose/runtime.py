@@ -1,0 +1,45 @@
+"""Process-wide settings that make CPU work fast, applied by the layers that run models.
+
+:func:`reuse_freed_memory`: glibc's malloc gives every block above its mmap threshold (128 KiB
+at start, rising to at most 32 MiB as such blocks are freed) fresh pages from the kernel, and
+returns them when it is freed. PyTorch on the CPU allocates each activation anew, so a model's
+forward pass touches all its activation memory as new pages every call: measured with
+``cpu_small`` on a 1024² tile (2 cores, fp32), about 400,000 minor page faults (1.5 GB) and
+1.45 s per tile; with freed memory kept for reuse, 0 faults and 0.85-0.95 s (-35 %).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+
+MMAP_THRESHOLD = 1 << 30
+"""Blocks of at least this many bytes (1 GiB) still get their own mapping."""
+TRIM_THRESHOLD = (1 << 31) - 1
+"""Free memory at the top of the heap returned to the system only beyond this (2 GiB)."""
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+"""glibc's own variables: a user who set one keeps their choice."""
+
+
+@functools.lru_cache(maxsize=1)
+def reuse_freed_memory() -> bool:
+    """Keep freed heap memory in the process for reuse (glibc ``mallopt``: mmap threshold
+    :data:`MMAP_THRESHOLD`, trim threshold :data:`TRIM_THRESHOLD`) instead of giving it back to
+    the system after every large tensor (module doc). The resident memory then stays near its
+    peak instead of falling between calls; the peak itself does not grow. Once per process;
+    returns whether it applied (False off Linux/glibc, or when ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` is set in the environment)."""
+    if not sys.platform.startswith("linux") or any(v in os.environ for v in _ENV):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
