@@ -62,3 +62,20 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert "was not made by geopose demo" in str(result.exception) + result.output
     assert precious.read_bytes() == b"not the demo's"
     assert sorted(p.name for p in out.rglob("*")) == ["JAX_abc_RGB.j2k", "data", "train"]
+
+
+def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):
+    """Validation every 4 epochs on one image in 10; on 2 cores no loader process (it would
+    take a core from the model's threads); a user's --set still wins."""
+    import geopose.demo as demo
+
+    s = demo.DemoSettings(out=tmp_path / "d")
+    for cores, workers in ((2, 0), (1, 0), (8, 1)):
+        monkeypatch.setattr(demo.os, "cpu_count", lambda cores=cores: cores)
+        cfg = demo.train_config(s, 5.0)
+        assert cfg["data"]["workers"] == workers, cores
+        assert cfg["data"]["folds"] == 10 and cfg["train"]["val_every"] == 4
+        assert cfg["train"]["max_minutes"] == 5.0
+    s = demo.DemoSettings(out=tmp_path / "d", overrides=["train.val_every=1", "data.workers=2"])
+    cfg = demo.train_config(s, 5.0)
+    assert cfg["train"]["val_every"] == 1 and cfg["data"]["workers"] == 2
