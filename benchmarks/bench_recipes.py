@@ -4,6 +4,7 @@ Same synthetic data, same wall-clock budget, same seed; each model predicts the 
 images (D4 TTA) and is scored with `geopose evaluate`'s function. Prints one row per recipe.
 
     python benchmarks/bench_recipes.py --minutes 5 --out /tmp/bench_recipes
+    python benchmarks/bench_recipes.py --minutes 4 --precision 32-true  # float32 on any CPU
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--uniform-angles", action="store_true")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        help="train.precision of both recipes (32-true: float32, the common CPU case)",
+    )
     args = ap.parse_args()
 
-    common = ["train.epochs=1000", "train.progress=false", "model.pretrained=false"]
+    common = [
+        "train.epochs=1000",
+        "train.progress=false",
+        "model.pretrained=false",
+        f"train.precision={args.precision}",
+    ]
     recipes = {
         # the public benchmark: resnet34 UNet, pooled direction, lstsq scale, MSE, lr 1e-4
         "baseline": [*common, "data.aug=light", "train.scheduler=cosine"],
