@@ -601,6 +601,23 @@ def test_write_scaled_cog_scales_pixels_and_overviews(tmp_path: Path) -> None:
     assert np.isfinite(zero[:, 50:]).all()
 
 
+def test_write_scaled_cog_bad_input_names_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "FLOW.tif"
+    with pytest.raises(GeoposeDataError, match="missing.tif"):
+        cog_module.write_scaled_cog(tmp_path / "missing.tif", out, (1.0, 2.0))
+    ints = tmp_path / "ints.tif"
+    with BlockWriter(ints, 64, 64, 1, "uint8", None) as w:
+        w.write(np.zeros((1, 64, 64), np.uint8), Window(0, 0, 64, 64))
+    with pytest.raises(GeoposeDataError, match="ints.tif.*uint8"):
+        cog_module.write_scaled_cog(ints, out, (1.0,))
+    agl = tmp_path / "AGL.tif"
+    with BlockWriter(agl, 64, 64, 1, "float32", None) as w:
+        w.write(np.ones((1, 64, 64), np.float32), Window(0, 0, 64, 64))
+    with pytest.raises(ValueError, match="finite"):
+        cog_module.write_scaled_cog(agl, out, (float("nan"), 1.0))
+    assert sorted(os.listdir(tmp_path)) == ["AGL.tif", "ints.tif"]  # nothing written
+
+
 def test_is_cog_rejects_other_layouts(tmp_path: Path) -> None:
     data = np.zeros((1, 1200, 1200), np.uint8)
     assert not is_cog(write_tif(tmp_path / "striped.tif", data))

@@ -128,10 +128,11 @@ def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) 
     time-boxed to ``minutes``.
 
     Steps are what a minutes-long CPU run lacks (BENCHMARKS.md, Demo), so little else runs:
-    one image in 10 held out for validation, validated every 4 epochs (each validation of 80
-    images took 4.5 s, a third of the 14.5 s epoch of 20 steps), and on 2 cores or fewer the
-    crops are cut in the training process (a loader process takes a core from the model's
-    two threads). On a 2-core fp32 box: 740 -> 943 -> 1119 steps in the default demo.
+    one image in 10 held out for validation, validated every 4 epochs (a validation of 80
+    images took about 4.3 s of the 4.5-5.5 s by which a 14.5 s epoch outlasted its 20 steps),
+    and on 2 cores or fewer the crops are cut in the training process (a loader process takes
+    a core from the model's two threads). On a 2-core box training in bf16: 740 -> 943 ->
+    1119 steps in the default demo (float32 there: about 790).
     """
     from geopose.config import resolve_config
 
