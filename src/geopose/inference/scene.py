@@ -439,7 +439,7 @@ def _views(predictor: Predictor) -> int:
     return len(tta_views(predictor.tta))
 
 
-# --- the second pass: AGL -> FLOW -------------------------------------------------------------
+# --- the flow map: AGL -> FLOW (one GDAL copy) ---------------------------------------------
 
 
 def write_flow(
