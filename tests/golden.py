@@ -17,7 +17,7 @@ SIZE = 64
 """Side (px) of the golden image."""
 GSD, CITY = 0.4, 1
 """The golden image's GSD (m/px) and city index (JAX)."""
-FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp")
+FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
 _SMALL = {"encoder": "resnet18", "pretrained": False}
@@ -34,11 +34,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             **_SMALL,
             "flow": {"channels": 16},
             "ramp": None,
+            "facade": None,
             "direction": {"kind": "flow"},
             "scale": {"kind": "flow"},
         },
     ),  # fmt: skip
-    "ramp_pose": ("cpu_small", {**_SMALL, "scale": {"kind": "ramp"}}),
+    "ramp_pose": ("cpu_small", {**_SMALL, "facade": None, "scale": {"kind": "ramp"}}),
     "multiply_lstsq": (  # AGL in ground pixels × gsd; lstsq scale from mag
         "cpu_small",
         {
@@ -46,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             "agl": {"gsd": "multiply", "out_activation": "softplus"},
             "mag": {},
             "ramp": None,
+            "facade": None,
             "direction": {"kind": "dense_attention"},
             "scale": {"kind": "lstsq"},
         },

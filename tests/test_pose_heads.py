@@ -122,6 +122,7 @@ def test_the_defaults_are_the_ones_before_the_schema():
         "mag": dense,
         "flow": None,
         "ramp": None,
+        "facade": None,  # added with issue 18 (off by default)
         "direction": {
             "kind": "pooled",
             "hidden": 256,
@@ -157,6 +158,7 @@ def test_the_defaults_are_the_ones_before_the_schema():
         "flow": {**target, "weight": 0.0},
         "vflow": {**target, "weight": 0.0},
         "ramp": {**target, "weight": 0.0, "max_slope": 3.0},
+        "facade": None,  # added with issue 18 (off unless asked for)
     }
     assert before == LOSS_DEFAULTS
     resolved = resolve_loss_config({"flow": {"weight": 2}, "mag": None})

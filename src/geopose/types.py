@@ -105,10 +105,11 @@ def _is_tensor(x: object) -> bool:
 class GeoposeOutput(NamedTuple):
     """Model outputs: AGL B×1×H×W (m), MAG B×1×H×W (px), direction B×2 unit (sin a, cos a)
     or (0, 0) where a ramp/flow fit found no evidence of it, scale B (px/m), the dense flow
-    B×2×H×W (px, (dx, dy)) when the model has a flow head and the facade-ramp field B×2×H×W
-    (∇AGL, m/px, (d/dcol, d/drow)) when it has a ramp head.
+    B×2×H×W (px, (dx, dy)) when the model has a flow head, the facade-ramp field B×2×H×W
+    (∇AGL, m/px, (d/dcol, d/drow)) when it has a ramp head and the facade logits B×1×H×W
+    (the ramp fit's weights, sigmoid) when it has a facade head.
 
-    Field kinds (:data:`FIELD_KINDS`): ``map`` (agl, mag), ``vector_map`` (flow, ramp: two
+    Field kinds (:data:`FIELD_KINDS`): ``map`` (agl, mag, facade), ``vector_map`` (flow, ramp: two
     channels (column, row) that a rotation of the image also turns), ``vector`` (direction, as
     flow) and ``scalar`` (scale).
     """
@@ -119,6 +120,7 @@ class GeoposeOutput(NamedTuple):
     scale: torch.Tensor
     flow: torch.Tensor | None = None
     ramp: torch.Tensor | None = None
+    facade: torch.Tensor | None = None
 
     def map(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> GeoposeOutput:
         """``fn(name, tensor)`` applied to every field present; absent ones stay None."""
@@ -148,6 +150,7 @@ FIELD_KINDS: dict[str, str] = {
     "scale": "scalar",
     "flow": "vector_map",
     "ramp": "vector_map",
+    "facade": "map",
 }
 """How each :class:`GeoposeOutput` field transforms: a per-pixel ``map`` (B×C×H×W) of
 scalars or of ``vector_map`` 2-vectors, an image-level ``vector`` (B×2) or ``scalar`` (B)."""

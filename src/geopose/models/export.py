@@ -4,8 +4,9 @@ under onnxruntime.
 The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B float32, m/px) and
 ``city`` (B int64, -1 = unknown; inputs a model does not use may be absent from the graph) and
 outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
-flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px). Batch is dynamic; with
-``dynamic=True`` H and W are dynamic multiples of the encoder stride (32).
+flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px), with a facade head ``facade``
+(logits). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples of the encoder
+stride (32).
 
 :func:`export_model` is ``geopose export``: any model geopose runs -> ONNX, checked.
 """

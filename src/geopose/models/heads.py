@@ -233,12 +233,35 @@ def ramp_target(agl: torch.Tensor, max_slope: float = MAX_SLOPE) -> torch.Tensor
     return torch.where(steep, torch.zeros_like(g), g)
 
 
+def facade_mask(
+    agl: torch.Tensor,
+    flow: torch.Tensor,
+    tol: float = RAMP_HUBER,
+    min_slope: float = MIN_SLOPE,
+    max_slope: float = MAX_SLOPE,
+) -> torch.Tensor:
+    """The true facades a facade head learns: 1 where the slope of the true AGL (m/px) lies in
+    ``[min_slope, max_slope]`` and obeys the facade equation ``∇z · v = -1`` of
+    :func:`ramp_pose` under the true pose ``flow`` = scale·(sin a, cos a) (B×2, px/m) to within
+    ``tol``, else 0; NaN where the height or the pose is unknown. Tree crowns, pitched roofs and
+    blurred edges are sloped but are not facades.
+    """
+    g = agl_gradient(agl if agl.dim() == 4 else agl.unsqueeze(1))
+    norm = torch.sqrt((g * g).sum(dim=1, keepdim=True))
+    v = flow.float().reshape(-1, 2, 1, 1)
+    residual = (g * v).sum(dim=1, keepdim=True) + 1.0
+    facade = (norm >= min_slope) & (norm <= max_slope) & (residual.abs() <= tol)
+    known = torch.isfinite(norm) & torch.isfinite(v).all(dim=1, keepdim=True)
+    return torch.where(known, facade.to(g.dtype), torch.full_like(norm, float("nan")))
+
+
 def ramp_pose(
     ramp: torch.Tensor,
     iterations: int = RAMP_ITERATIONS,
     huber: float = RAMP_HUBER,
     min_slope: float = MIN_SLOPE,
     max_slope: float = MAX_SLOPE,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Direction and scale read off the facade ramps of the height field.
 
@@ -248,6 +271,8 @@ def ramp_pose(
     different orientations fix it. ``v`` is the robust (Huber, ``huber`` in the residual's unit,
     iteratively reweighted) least-squares solution over the pixels whose slope ``|∇z|`` (m/px)
     lies in ``[min_slope, max_slope]``; flat ground and roofs (∇z = 0) carry no weight.
+    ``weights`` B×1×H×W in [0, 1] (a facade head's probabilities) scale each pixel's weight: the
+    sloped pixels that are not facades (crowns, pitched roofs) are what biases the fit.
 
     ``ramp`` B×2×H×W (m/px, (d/dcol, d/drow)) -> direction B×2 (unit), scale B (px/m, ``|v|``).
     No ramps at all (an untrained model, flat land, water, cloud) gives ``v = 0``: scale 0, the
@@ -258,6 +283,8 @@ def ramp_pose(
     g = ramp.float().flatten(2)  # B×2×N
     norm = torch.sqrt((g * g).sum(dim=1) + 1e-12)  # B×N
     base = ((norm >= min_slope) & (norm <= max_slope)).to(g.dtype)
+    if weights is not None:
+        base = base * weights.float().flatten(1)
     w = base
     gx, gy = g[:, 0], g[:, 1]
     v = g.new_zeros(g.shape[0], 2)

@@ -13,6 +13,7 @@ NaN never reaches autograd).
     flow:      {kind: r2, weight: 0.0}   # dense flow (or mag · direction) vs true flow, px
     vflow:     {kind: r2, weight: 0.0}   # agl · scale · direction vs true flow (the score's)
     ramp:      {kind: mse, weight: 0.0, max_slope: 3.0}  # facade-ramp field vs ∇(true AGL), m/px
+    facade:    {weight: 1.0, tol: 0.3}   # facade logits vs the true facades, cross-entropy
 
 ``kind`` is ``mse``, ``huber`` (``delta`` in the target's unit), ``l1`` or ``r2`` (1 - R2 pooled
 over every valid pixel of the batch, the first place's loss); ``trim`` drops that fraction of
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
-from geopose.models.heads import ramp_target
+from geopose.models.heads import facade_mask, ramp_target
 from geopose.models.options import LOSS_KINDS, resolve_loss_config
 
 
@@ -105,6 +106,16 @@ def r2_loss(pred: torch.Tensor, true: torch.Tensor, trim: float = 0.0) -> torch.
     return sse / sst.clamp(min=1e-6)
 
 
+def bce_loss(logits: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of logits against 0/1 truth, mean over the finite truth elements of
+    the batch (0 if none)."""
+    logits, true = logits.float(), true.reshape(logits.shape).float()
+    mask = torch.isfinite(true)
+    t = torch.nan_to_num(true, nan=0.0)
+    per = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    return torch.where(mask, per, 0.0).sum() / mask.sum().clamp(min=1)
+
+
 def direction_loss(
     pred: torch.Tensor, true: torch.Tensor, mse_weight: float = 0.1, cos_weight: float = 1.0
 ) -> torch.Tensor:
@@ -168,6 +179,12 @@ class GeoposeLoss(nn.Module):
                 raise ConfigError("loss.ramp needs a model with a ramp head (model.ramp)")
             target = ramp_target(batch["agl"], c["ramp"]["max_slope"])
             parts["ramp"] = masked_loss(out.ramp, target, **_dense_args(c["ramp"]))
+        if c["facade"] is not None:
+            if out.facade is None:
+                raise ConfigError("loss.facade needs a model with a facade head (model.facade)")
+            flow = batch["scale"].reshape(-1, 1).float() * batch["direction"].float()
+            truth = facade_mask(batch["agl"], flow, c["facade"]["tol"])
+            parts["facade"] = bce_loss(out.facade, truth)
         total = sum(c[k]["weight"] * v for k, v in parts.items())
         if not parts:
             total = out.agl.sum() * 0.0

@@ -49,7 +49,7 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DENSE_HEADS = {"agl": 1, "mag": 1, "flow": 2, "ramp": 2}
+DENSE_HEADS = {"agl": 1, "mag": 1, "flow": 2, "ramp": 2, "facade": 1}
 """The dense heads (``model.<name>``, attribute ``<name>_head``) and their output channels."""
 
 

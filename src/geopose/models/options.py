@@ -105,6 +105,12 @@ MODEL: dict[str, Opt | Section] = {
     "ramp": Section(
         {**_dense(1.0), **RAMP_FIT}, "facade-ramp (m/px) head", optional=True, present=False
     ),
+    "facade": Section(
+        _dense(1.0),
+        "facade logits head: weighs the ramp fit's pixels by sigmoid(logit)",
+        optional=True,
+        present=False,
+    ),
     "direction": Section(
         {
             "kind": Opt("pooled", "str", "direction head", choices=DIRECTION_HEADS),
@@ -177,6 +183,8 @@ def _check_consistency(cfg: dict) -> None:
             f"model.ramp: need min_slope < max_slope (m/px), got {r['min_slope']} and "
             f"{r['max_slope']}"
         )
+    if cfg["facade"] is not None and r is None:
+        raise ConfigError("model.facade weighs the ramp fit: it needs a ramp head (model.ramp)")
 
 
 # --- loss: ----------------------------------------------------------------------------------
@@ -211,6 +219,17 @@ LOSS: dict[str, Opt | Section] = {
     "flow": Section(_target(0.0, trim=_TRIM), "dense flow vs true flow (px)", optional=True),
     "vflow": Section(
         _target(0.0, trim=_TRIM), "agl · scale · direction vs true flow (px)", optional=True
+    ),
+    "facade": Section(
+        {
+            "weight": Opt(1.0, "float", "weight in the total (0: off)", min=0),
+            "tol": Opt(
+                RAMP_HUBER, "float", "a facade obeys ∇z·v = -1 to within this (true pose)", gt=0
+            ),
+        },
+        "facade logits vs the true facades (binary cross-entropy)",
+        optional=True,
+        present=False,
     ),
     "ramp": Section(
         _target(

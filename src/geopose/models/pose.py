@@ -44,7 +44,8 @@ class PoseContext:
     ``feats``: the encoder pyramid of the padded input; ``dec``: the decoder map (padded, stride
     s); ``pad_hw``: the padded input's size (px); ``gsd`` B (m/px); ``city`` B (long, -1
     unknown) or None; ``agl`` B×1×H×W (m), ``mag`` (px), ``flow`` B×2×H×W (px), ``ramp``
-    B×2×H×W (m/px): the dense heads' maps cropped to the input's size, None without that head;
+    B×2×H×W (m/px), ``facade`` B×1×H×W (logits): the dense heads' maps cropped to the input's
+    size, None without that head;
     ``flow_detach_agl`` and ``ramp_fit``: the settings of the shared fits.
     """
 
@@ -57,6 +58,7 @@ class PoseContext:
     mag: torch.Tensor | None = None
     flow: torch.Tensor | None = None
     ramp: torch.Tensor | None = None
+    facade: torch.Tensor | None = None
     flow_detach_agl: bool = True
     ramp_fit: Mapping[str, Any] = field(default_factory=dict)
     _fits: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
@@ -68,9 +70,11 @@ class PoseContext:
         return self._fits["flow"]  # type: ignore[return-value]
 
     def ramp_pose(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Direction and scale of the ramp map (:func:`heads.ramp_pose`), computed once."""
+        """Direction and scale of the ramp map (:func:`heads.ramp_pose`), its pixels weighted
+        by the facade head's probabilities when there is one; computed once."""
         if "ramp" not in self._fits:
-            self._fits["ramp"] = ramp_pose(self.ramp, **self.ramp_fit)
+            weights = None if self.facade is None else torch.sigmoid(self.facade.float())
+            self._fits["ramp"] = ramp_pose(self.ramp, weights=weights, **self.ramp_fit)
         return self._fits["ramp"]  # type: ignore[return-value]
 
     def magnitude(self) -> torch.Tensor | None:
@@ -84,7 +88,7 @@ class PoseContext:
         mag = self.magnitude()
         if mag is None:
             mag = self.agl * scale.reshape(-1, 1, 1, 1)
-        return GeoposeOutput(self.agl, mag, direction, scale, self.flow, self.ramp)
+        return GeoposeOutput(self.agl, mag, direction, scale, self.flow, self.ramp, self.facade)
 
 
 class PoseHead(nn.Module):
