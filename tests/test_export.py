@@ -78,7 +78,7 @@ def test_export_model_is_the_command_as_a_function(exported, tmp_path):
     report = export_model(ckpt, tmp_path / "m.onnx", size=64)
     assert report.path == tmp_path / "m.onnx"
     assert report.size_bytes == report.path.stat().st_size
-    assert set(report.diffs) == {"agl", "mag", "direction", "scale", "ramp"}
+    assert set(report.diffs) == {"agl", "mag", "direction", "scale", "ramp", "facade"}
     assert report.ok and report.worst < 1e-4
     report.raise_for_parity()
     assert PARITY_TOLERANCE == 1e-3

@@ -2,7 +2,7 @@
 
 >>> from geopose.models import create_model, GeoposeLoss, load_recipe
 >>> model = create_model("cpu_small")                     # or any recipe name / YAML path
->>> out = model(image, gsd, city)              # GeoposeOutput(agl, mag, direction, scale, flow)
+>>> out = model(image, gsd, city)              # GeoposeOutput(agl, mag, direction, scale, ...)
 >>> total, parts = GeoposeLoss(load_recipe("cpu_small")["loss"])(out, batch)
 >>> model, config = load_model("runs/x/checkpoints/last.ckpt")   # or a published model / file
 """
