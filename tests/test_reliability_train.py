@@ -444,3 +444,21 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(data_dir, t
     assert summary["best_score"] == ref["best_score"] and len(best) == 3
     assert summary["last_checkpoint"] == str(last)
     assert _temps(run) == []
+
+
+def test_resuming_a_finished_run_keeps_its_summary(data_dir, tmp_path, capsys):
+    """A run killed after its last step (before its summary) resumes with nothing left to
+    train: the summary still carries the weights' checksum, equal to the uninterrupted one."""
+    run = tmp_path / "run"
+    args = [*TINY, *FAULT, "train.max_steps=8"]
+    code, _, err = _cli(
+        capsys, "train", "-c", "cpu_small", "-d", str(data_dir), "-o", str(run), *args
+    )
+    assert code == 0, err
+    first = json.loads((run / "summary.json").read_text())
+    assert first["rank_checksums"] is not None and first["global_step"] == 8
+    code, _, err = _cli(capsys, "train", "--resume", str(run))
+    assert code == 0, err
+    again = json.loads((run / "summary.json").read_text())
+    assert again["global_step"] == 8
+    assert again["rank_checksums"] == first["rank_checksums"]

@@ -148,18 +148,23 @@ def _remove_stale_temps(out: Path) -> None:
         remove_stale_temps(folder)
 
 
+def gather_rank_checksums(trainer: L.Trainer, module: L.LightningModule) -> list[list[float]]:
+    """A checksum of the model's weights from every rank (call it on every rank): DDP keeps
+    them identical, a difference is a bug."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.model.parameters()])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        local = torch.stack([flat.sum(), (flat * weights.remainder(97)).sum()])
+    gathered = trainer.strategy.all_gather(local)
+    return gathered.reshape(-1, 2).cpu().tolist()
+
+
 class RankChecksum(Callback):
-    """At the end of training, gather a checksum of the weights from every rank into
-    ``pl_module.rank_checksums`` (DDP keeps them identical; a difference is a bug)."""
+    """At the end of training, gather :func:`gather_rank_checksums` into
+    ``pl_module.rank_checksums``."""
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with torch.no_grad():
-            flat = torch.cat([p.detach().double().flatten() for p in pl_module.model.parameters()])
-            weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-            local = torch.stack([flat.sum(), (flat * weights.remainder(97)).sum()])
-        gathered = trainer.strategy.all_gather(local)
-        gathered = gathered.reshape(-1, 2).cpu().tolist()
-        pl_module.rank_checksums = gathered
+        pl_module.rank_checksums = gather_rank_checksums(trainer, pl_module)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -363,6 +368,9 @@ def train(
     # checkpoints/ holds config.yaml (and, on resume, the checkpoints): expected, not a problem.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt_dir / LAST) if resume else None)
+    if getattr(task, "rank_checksums", None) is None and task.stopped_reason is None:
+        # A resumed run that had already taken its last step trains no more: no train end.
+        task.rank_checksums = gather_rank_checksums(trainer, task)
     summary = _summary(trainer, task, out, time.time() - started)
     if trainer.is_global_zero:
         from geopose.io import write_text_atomic
