@@ -462,3 +462,22 @@ def test_resuming_a_finished_run_keeps_its_summary(data_dir, tmp_path, capsys):
     again = json.loads((run / "summary.json").read_text())
     assert again["global_step"] == 8
     assert again["rank_checksums"] == first["rank_checksums"]
+
+
+def test_init_from_a_checkpoint_without_a_head_names_it(data_dir, tmp_path, capsys):
+    """A cpu_small checkpoint from before the facade head, used to start today's cpu_small:
+    one error naming the file and the way out, no run folder left half-made."""
+    old = tmp_path / "old"
+    no_facade = ["model.facade=null", "loss.facade=null", "train.max_steps=2"]
+    code, _, err = _cli(
+        capsys, "train", "-c", "cpu_small", "-d", str(data_dir), "-o", str(old), *TINY, *no_facade
+    )
+    assert code == 0, err
+    new = tmp_path / "new"
+    ckpt = old / "checkpoints" / "last.ckpt"
+    args = ["train", "-c", "cpu_small", "-d", str(data_dir), "-o", str(new), *TINY]
+    code, _, err = _cli(capsys, *args, f"train.init_from={ckpt}", "train.max_steps=2")
+    assert code == 1
+    assert "last.ckpt" in err and "no facade head" in err, err
+    assert "overrides: model.facade=null loss.facade=null" in err, err
+    assert not (new / "checkpoints" / "last.ckpt").exists()

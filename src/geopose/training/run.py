@@ -246,7 +246,16 @@ def _init_weights(task: GeoposeTask, model: torch.nn.Module, spec: str) -> None:
     try:
         task.model.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as exc:
-        raise GeoposeDataError(spec, f"weights do not fit this model: {str(exc)[:300]}") from exc
+        have = {k.split(".", 1)[0] for k in model.state_dict()}
+        want = {k.split(".", 1)[0] for k in task.model.state_dict()}
+        names = sorted(m.removesuffix("_head") for m in want - have if m.endswith("_head"))
+        hint = ""
+        if names:
+            sets = " ".join(f"model.{n}=null loss.{n}=null" for n in names)
+            hint = f"; it has no {', '.join(names)} head: train without it (overrides: {sets})"
+        raise GeoposeDataError(
+            spec, f"weights do not fit this model{hint}: {str(exc)[:300]}"
+        ) from exc
 
 
 def _callbacks(cfg: dict, ckpt_dir: Path, validate: bool) -> list[Callback]:
