@@ -156,6 +156,30 @@ def test_gsd_multiply_turns_ground_pixels_into_metres():
     torch.testing.assert_close(out.scale[1], out.scale[0] / 2)
 
 
+def test_head_upsampling_the_output_convolves_at_the_decoder_stride():
+    from geopose.models.heads import DenseHead
+
+    opts = dict(channels=8, activation="relu", out_activation="none", out_scale=1.0, city=False)
+    x = torch.rand(2, 16, 12, 10)
+    cheap = DenseHead(16, 4, 2, upsample="output", **opts).eval()
+    full = DenseHead(16, 4, 2, **opts).eval()
+    with torch.no_grad():
+        y, low = cheap(x), cheap.body[:-1](x)
+        assert y.shape == full(x).shape == (2, 2, 48, 40)
+    # One 3×3 convolution at stride 4, and the output is that map bilinearly upsampled ×4.
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in cheap.body) == 1
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in full.body) == 2
+    assert low.shape == (2, 2, 12, 10)
+    up = torch.nn.functional.interpolate(low, scale_factor=4.0, mode="bilinear")
+    torch.testing.assert_close(y, up)
+    model = create_model("cpu_small", agl={"upsample": "output"}, ramp={"upsample": "output"})
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 3, 64, 96), torch.tensor([0.3]))
+    assert out.agl.shape == (1, 1, 64, 96) and out.ramp.shape == (1, 2, 64, 96)
+    with pytest.raises(ConfigError, match="upsample"):
+        create_model("cpu_small", agl={"upsample": "nearest"})
+
+
 def test_gsd_and_city_change_the_prediction_when_used():
     model = create_model("cpu_small", decoder={"channels": [16, 16, 16, 16]}).eval()
     image = torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)

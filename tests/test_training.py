@@ -167,9 +167,12 @@ def test_validation_score_and_best_checkpoints(data_dir, tmp_path):
     assert f"score={scores.max():.4f}" in summary["best_checkpoint"]
 
 
-def test_kill_and_resume_continues_exactly(data_dir, tmp_path):
-    # 3 steps per epoch: the kill after step 4 is in the middle of epoch 1.
+@pytest.mark.parametrize("ema", [None, 0.8])
+def test_kill_and_resume_continues_exactly(data_dir, tmp_path, ema):
+    # 3 steps per epoch: the kill after step 4 is in the middle of epoch 1. With a moving
+    # average of the weights, the average and the raw weights both resume.
     over = (
+        f"train.ema_decay={'null' if ema is None else ema}",
         "data.fold=null",
         "data.aug=heavy",
         "data.samples_per_epoch=12",
@@ -198,6 +201,55 @@ def test_kill_and_resume_continues_exactly(data_dir, tmp_path):
     )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+class StepWeights(L.Callback):
+    """The raw (trained) parameters after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps[trainer.global_step] = {
+            k: v.detach().clone() for k, v in pl_module.model.named_parameters()
+        }
+
+
+def test_ema_weights_are_checkpointed_predicted_with_and_resumable(data_dir, tmp_path):
+    decay = 0.6
+    over = ("data.fold=null", "train.max_steps=3", "train.lr=1e-2", f"train.ema_decay={decay}")
+    rec = StepWeights()
+    train(config(data_dir, *over), tmp_path / "run", callbacks=[rec])
+    w1, w2, w3 = (rec.steps[i] for i in (1, 2, 3))
+    # The average starts at step 1's weights, then ema <- d ema + (1 - d) w after every step.
+    final = _weights(tmp_path / "run/checkpoints/last.ckpt")
+    moved = 0
+    for k in w3:
+        expect = decay * (decay * w1[k] + (1 - decay) * w2[k]) + (1 - decay) * w3[k]
+        torch.testing.assert_close(final[f"model.{k}"], expect)
+        moved += not torch.allclose(expect, w3[k])
+    assert moved > len(w3) // 2  # the average is not the last weights
+    from geopose.models import load_checkpoint  # prediction loads the average
+
+    model, _ = load_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), final[f"model.{k}"])
+    # A checkpoint during training also keeps the raw weights, which a resume continues from.
+    with pytest.raises(RuntimeError, match="killed"):
+        train(
+            config(data_dir, *over, "train.ckpt_every_steps=2"),
+            tmp_path / "cut",
+            callbacks=[Kill(at=2)],
+        )
+    ckpt = torch.load(
+        tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["global_step"] == 2
+    for k in w2:
+        torch.testing.assert_close(ckpt["current_model_state"][f"model.{k}"], w2[k])
+        torch.testing.assert_close(
+            ckpt["state_dict"][f"model.{k}"], decay * w1[k] + (1 - decay) * w2[k]
+        )
 
 
 class Poison(L.Callback):

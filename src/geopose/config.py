@@ -93,6 +93,15 @@ TRAIN: dict[str, Opt] = {
     "min_lr": Opt(1e-6, "float", "floor of the cosine schedules", min=0),
     "grad_clip": Opt(1.0, "float", "max gradient norm (null: no clipping)", min=0, nullable=True),
     "accumulate": Opt(1, "int", "batches per optimizer step", min=1),
+    "ema_decay": Opt(
+        None,
+        "float",
+        "exponential moving average of the weights, decay per step (validated, checkpointed "
+        "and predicted with; null: off)",
+        min=0,
+        lt=1,
+        nullable=True,
+    ),
     "precision": Opt(
         "auto",
         "str",

@@ -71,7 +71,9 @@ def _cue_maps(x: torch.Tensor, cues: list[torch.Tensor]) -> torch.Tensor:
 
 
 class DenseHead(nn.Module):
-    """Decoder map (stride s) -> full-resolution map: (bilinear ×2, 3×3 conv, act) × log2(s), 1×1.
+    """Decoder map (stride s) -> full-resolution map: (bilinear ×2, 3×3 conv, act) × log2(s), 1×1;
+    with ``upsample="output"``: 3×3 conv, act, 1×1 at stride s, then the output bilinear ×s
+    (cheaper: the convolutions run on s² times fewer pixels).
 
     The output is ``out_activation(raw) * out_scale`` (``out_scale`` in the target's unit, so raw
     values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``. The keyword options are
@@ -91,6 +93,7 @@ class DenseHead(nn.Module):
         city: bool,
         gsd: str = "none",
         gsd_ref: float = GSD_REF,
+        upsample: str = "features",
     ) -> None:
         super().__init__()
         self.gsd, self.out_activation = gsd, out_activation
@@ -101,14 +104,19 @@ class DenseHead(nn.Module):
             raise ConfigError(f"head input stride {input_stride} is not a power of 2")
         in_ch = in_channels + (self.gsd in ("concat", "both")) + N_CITIES * self.city
         layers: list[nn.Module] = []
-        for _ in range(n_up):
-            layers += [
-                nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-                nn.Conv2d(in_ch, channels, 3, padding=1),
-                act(),
-            ]
+        if upsample not in ("features", "output"):
+            raise ConfigError(f"head upsample {upsample!r}: features | output")
+        by_features = upsample == "features"
+        for _ in range(n_up if by_features else min(n_up, 1)):
+            if by_features:
+                layers.append(nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False))
+            layers += [nn.Conv2d(in_ch, channels, 3, padding=1), act()]
             in_ch = channels
         layers.append(nn.Conv2d(in_ch, out_channels, 1))
+        if not by_features and n_up:
+            layers.append(
+                nn.Upsample(scale_factor=float(input_stride), mode="bilinear", align_corners=False)
+            )
         self.body = nn.Sequential(*layers)
 
     def forward(

@@ -68,6 +68,13 @@ def _dense(out_scale: float, **more: Opt) -> dict[str, Opt]:
         ),
         "out_scale": Opt(out_scale, "float", "output unit: raw O(1) values times this"),
         "city": _CITY,
+        "upsample": Opt(
+            "features",
+            "str",
+            "features: convolve at every ×2 step; output: at the decoder's stride, then "
+            "upsample the output (cheaper)",
+            choices=("features", "output"),
+        ),
         **more,
     }
 

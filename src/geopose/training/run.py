@@ -275,6 +275,12 @@ def _callbacks(cfg: dict, ckpt_dir: Path, validate: bool) -> list[Callback]:
         LearningRateMonitor(logging_interval="step"),
         RankChecksum(),
     ]
+    if t["ema_decay"] is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # Validation, checkpoints (state_dict; the raw weights under current_model_state, for
+        # resuming) and the end of training use the averaged weights.
+        cbs.append(EMAWeightAveraging(decay=t["ema_decay"]))
     if t["ckpt_every_steps"]:
         cbs.append(
             GuardedCheckpoint(
