@@ -5,6 +5,7 @@ and from a ``geopose prepare`` cache, without and with heavy augmentation) and t
     python benchmarks/bench_train.py [--size 2048] [--images 4] [--crop 512] [--crops 24]
                                      [--recipe cpu_small] [--train-crop 256] [--batch 8]
                                      [--steps 6] [--gpu-recipe bloodaxe_b7]
+                                     [--skip-data] [--set KEY=VALUE ...]
 
 The data set is made with ``geopose.synth.write_dataset`` (JPEG 2000 like the competition) in a
 temporary folder. Each data-pipeline figure is one process (= one DataLoader worker): crops/s
@@ -46,12 +47,20 @@ def crops_per_second(source, crop: int, level: str, n: int) -> float:
 
 
 def train_images_per_second(
-    recipe: str, crop: int, batch: int, steps: int, device: str, precision: str = "32"
+    recipe: str,
+    crop: int,
+    batch: int,
+    steps: int,
+    device: str,
+    precision: str = "32",
+    overrides: list[str] | None = None,
 ) -> tuple[float, float]:
-    """(images/s, peak GPU memory GiB or NaN) of forward+backward+AdamW on random batches."""
-    from geopose.models import GeoposeLoss, create_model, load_recipe
+    """(images/s, peak GPU memory GiB or NaN) of forward+backward+AdamW on random batches
+    (``overrides``: ``key=value`` as ``geopose train`` takes them)."""
+    from geopose.config import resolve_config
+    from geopose.models import GeoposeLoss, create_model
 
-    rec = load_recipe(recipe)
+    rec = resolve_config(recipe, list(overrides or []))
     model = create_model(rec, pretrained=False).to(device).train()
     model = model.to(memory_format=torch.channels_last)  # as geopose train does
     loss_fn = GeoposeLoss(rec["loss"])
@@ -109,6 +118,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--gpu-recipe", default="bloodaxe_b7")
     ap.add_argument("--skip-data", action="store_true")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of --recipe (repeatable), e.g. model.agl.upsample=features",
+    )
     args = ap.parse_args()
 
     from geopose.data import CacheSource, FolderSource, prepare_cache
@@ -146,7 +163,8 @@ def main() -> None:
 
     native = cpu_has_native_bf16()
     print(
-        f"\ntraining, {args.recipe} at {args.train_crop}², batch {args.batch}, CPU, channels_last "
+        f"\ntraining, {args.recipe} {' '.join(args.overrides)} at {args.train_crop}², "
+        f"batch {args.batch}, CPU, channels_last "
         f"(native bf16: {native}, so geopose train uses {'bf16' if native else 'fp32'}):"
     )
     from geopose.runtime import reuse_freed_memory
@@ -159,7 +177,13 @@ def main() -> None:
         torch.set_num_threads(n)
         for precision in ("32", "bf16"):
             ips, _ = train_images_per_second(
-                args.recipe, args.train_crop, args.batch, args.steps, "cpu", precision
+                args.recipe,
+                args.train_crop,
+                args.batch,
+                args.steps,
+                "cpu",
+                precision,
+                args.overrides,
             )
             print(
                 f"  {n} thread(s) {precision:>4}: {ips:.2f} images/s "

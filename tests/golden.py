@@ -20,7 +20,15 @@ GSD, CITY = 0.4, 1
 FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
-_SMALL = {"encoder": "resnet18", "pretrained": False}
+_FEATURES = {"upsample": "features"}
+_SMALL = {  # cpu_small as it was before round 5 of the demo (issue 18)
+    "encoder": "resnet18",
+    "pretrained": False,
+    "encoder_kwargs": {"out_indices": [0, 1, 2, 3, 4]},
+    "decoder": {"kind": "unet", "channels": [128, 64, 32, 16], "output_stride": 2},
+    "agl": _FEATURES,
+    "ramp": _FEATURES,
+}
 VARIANTS: dict[str, tuple[str, dict]] = {
     "baseline": ("baseline", {}),  # pooled direction, lstsq scale, unet
     "bloodaxe_b6_rdtsc": ("bloodaxe_b6_rdtsc", {}),  # dense attention, residual deconv
@@ -32,7 +40,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "cpu_small",
         {
             **_SMALL,
-            "flow": {"channels": 16},
+            "flow": {"channels": 16, **_FEATURES},
             "ramp": None,
             "facade": None,
             "direction": {"kind": "flow"},
@@ -44,7 +52,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "cpu_small",
         {
             **_SMALL,
-            "agl": {"gsd": "multiply", "out_activation": "softplus"},
+            "agl": {"gsd": "multiply", "out_activation": "softplus", **_FEATURES},
             "mag": {},
             "ramp": None,
             "facade": None,

@@ -112,6 +112,7 @@ def test_out_of_bounds_values_name_the_key(section, value, message):
 def test_the_defaults_are_the_ones_before_the_schema():
     dense = {"channels": 64, "activation": "relu", "out_activation": "none", "out_scale": 10.0}
     dense["city"] = False
+    dense["upsample"] = "features"  # added with issue 18, round 5 (the behaviour before)
     fit = {"iterations": 5, "huber": 0.3, "min_slope": 0.3, "max_slope": 3.0}
     before = {
         "encoder": "resnet34",

@@ -328,7 +328,7 @@ def test_init_from_loads_the_weights(data_dir, tmp_path):
     _init_weights(task, model, str(last))
     for k, v in _weights(last).items():
         torch.testing.assert_close(task.state_dict()[k], v)
-    other = GeoposeTask(resolve_config("cpu_small", ["model.decoder.channels=[64,32,16,8]"]))
+    other = GeoposeTask(resolve_config("cpu_small", ["model.decoder.channels=[32,16,8]"]))
     with pytest.raises(GeoposeDataError, match="do not fit"):
         _init_weights(other, model, str(last))
 

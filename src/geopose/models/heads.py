@@ -113,11 +113,8 @@ class DenseHead(nn.Module):
             layers += [nn.Conv2d(in_ch, channels, 3, padding=1), act()]
             in_ch = channels
         layers.append(nn.Conv2d(in_ch, out_channels, 1))
-        if not by_features and n_up:
-            layers.append(
-                nn.Upsample(scale_factor=float(input_stride), mode="bilinear", align_corners=False)
-            )
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)  # its last layer is the output convolution
+        self.upsample_output = 1 if by_features else input_stride
 
     def forward(
         self, x: torch.Tensor, gsd: torch.Tensor | None = None, city: torch.Tensor | None = None
@@ -127,7 +124,12 @@ class DenseHead(nn.Module):
             cues.append(gsd_feature(gsd, self.gsd_ref).to(x.dtype))
         if self.city:
             cues.append(city_one_hot(city, x.shape[0], x))
-        y = OUT_ACTIVATIONS[self.out_activation](self.body(_cue_maps(x, cues))) * self.out_scale
+        y = self.body(_cue_maps(x, cues))
+        if self.upsample_output > 1:
+            y = F.interpolate(
+                y, scale_factor=float(self.upsample_output), mode="bilinear", align_corners=False
+            )
+        y = OUT_ACTIVATIONS[self.out_activation](y) * self.out_scale
         if self.gsd in ("multiply", "both"):
             y = y * (gsd.reshape(-1, 1, 1, 1).to(y.dtype) / self.gsd_ref)
         return y
