@@ -6,7 +6,7 @@ The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B f
 outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
 flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px), with a facade head ``facade``
 (logits). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples of the encoder
-stride (32).
+stride (32 for most, 16 for ``cpu_small``: ``model.divisor``).
 
 :func:`export_model` is ``geopose export``: any model geopose runs -> ONNX, checked.
 """
