@@ -20,8 +20,8 @@ GSD, CITY = 0.4, 1
 FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
-_FEATURES = {"upsample": "features"}
-_SMALL = {  # cpu_small as it was before round 5 of the demo (issue 18)
+_FEATURES = {"channels": 16, "upsample": "features"}
+_SMALL = {  # cpu_small as it was before rounds 5 and 6 of the demo (issue 18)
     "encoder": "resnet18",
     "pretrained": False,
     "encoder_kwargs": {"out_indices": [0, 1, 2, 3, 4]},
@@ -40,7 +40,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "cpu_small",
         {
             **_SMALL,
-            "flow": {"channels": 16, **_FEATURES},
+            "flow": _FEATURES,
             "ramp": None,
             "facade": None,
             "direction": {"kind": "flow"},
