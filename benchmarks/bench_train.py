@@ -127,6 +127,13 @@ def main() -> None:
         help="override of --recipe (repeatable), e.g. model.agl.upsample=features",
     )
     args = ap.parse_args()
+    from geopose.config import resolve_config
+    from geopose.errors import ConfigError
+
+    try:  # a bad --recipe or --set is one line, before any data is made
+        resolve_config(args.recipe, list(args.overrides))
+    except ConfigError as e:
+        ap.error(str(e))
 
     from geopose.data import CacheSource, FolderSource, prepare_cache
     from geopose.synth.dataset import write_dataset
