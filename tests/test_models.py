@@ -180,6 +180,28 @@ def test_head_upsampling_the_output_convolves_at_the_decoder_stride():
         create_model("cpu_small", agl={"upsample": "nearest"})
 
 
+def test_head_depth_and_dilation_widen_its_context_exactly():
+    from geopose.models.heads import DenseHead
+
+    opts = dict(channels=4, activation="gelu", out_activation="none", out_scale=1.0, city=False)
+    # At stride 1 the default head is one 1×1 convolution: it sees its own pixel only.
+    for depth, dilation, reach in ((1, 1, 0), (2, 1, 1), (3, 2, 4)):
+        torch.manual_seed(0)
+        head = DenseHead(3, 1, 1, depth=depth, dilation=dilation, **opts).eval()
+        x = torch.rand(1, 3, 21, 21, requires_grad=True)
+        head(x)[0, 0, 10, 10].backward()  # which input pixels does the centre output see?
+        seen = (x.grad.abs().sum(dim=(0, 1)) > 0).nonzero()
+        assert int((seen - 10).abs().max()) == reach, (depth, dilation)
+        n3 = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in head.body)
+        assert n3 == depth - 1
+    model = create_model("cpu_small", facade={"depth": 3, "dilation": 2})
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 3, 64, 64), torch.tensor([0.3]))
+    assert out.facade.shape == (1, 1, 64, 64)
+    with pytest.raises(ConfigError, match="depth"):
+        create_model("cpu_small", facade={"depth": 0})
+
+
 def test_gsd_and_city_change_the_prediction_when_used():
     model = create_model("cpu_small", decoder={"channels": [16, 16, 16, 16]}).eval()
     image = torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)

@@ -73,7 +73,8 @@ def _cue_maps(x: torch.Tensor, cues: list[torch.Tensor]) -> torch.Tensor:
 class DenseHead(nn.Module):
     """Decoder map (stride s) -> full-resolution map: (bilinear ×2, 3×3 conv, act) × log2(s), 1×1;
     with ``upsample="output"``: 3×3 conv, act, 1×1 at stride s, then the output bilinear ×s
-    (cheaper: the convolutions run on s² times fewer pixels).
+    (cheaper: the convolutions run on s² times fewer pixels). ``depth`` > 1 adds depth - 1 more
+    3×3 convolutions (dilated by ``dilation``) before the 1×1, for more context.
 
     The output is ``out_activation(raw) * out_scale`` (``out_scale`` in the target's unit, so raw
     values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``. The keyword options are
@@ -94,6 +95,8 @@ class DenseHead(nn.Module):
         gsd: str = "none",
         gsd_ref: float = GSD_REF,
         upsample: str = "features",
+        depth: int = 1,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.gsd, self.out_activation = gsd, out_activation
@@ -111,6 +114,9 @@ class DenseHead(nn.Module):
             if by_features:
                 layers.append(nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False))
             layers += [nn.Conv2d(in_ch, channels, 3, padding=1), act()]
+            in_ch = channels
+        for _ in range(depth - 1):  # more context at the last resolution
+            layers += [nn.Conv2d(in_ch, channels, 3, padding=dilation, dilation=dilation), act()]
             in_ch = channels
         layers.append(nn.Conv2d(in_ch, out_channels, 1))
         self.body = nn.Sequential(*layers)  # its last layer is the output convolution
