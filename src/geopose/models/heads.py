@@ -278,6 +278,7 @@ def ramp_pose(
     min_slope: float = MIN_SLOPE,
     max_slope: float = MAX_SLOPE,
     weights: torch.Tensor | None = None,
+    facade_power: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Direction and scale read off the facade ramps of the height field.
 
@@ -288,7 +289,8 @@ def ramp_pose(
     iteratively reweighted) least-squares solution over the pixels whose slope ``|∇z|`` (m/px)
     lies in ``[min_slope, max_slope]``; flat ground and roofs (∇z = 0) carry no weight.
     ``weights`` B×1×H×W in [0, 1] (a facade head's probabilities) scale each pixel's weight: the
-    sloped pixels that are not facades (crowns, pitched roofs) are what biases the fit.
+    sloped pixels that are not facades (crowns, pitched roofs) are what biases the fit;
+    ``facade_power`` > 1 sharpens them (``weights ** facade_power``), trusting the surest more.
 
     ``ramp`` B×2×H×W (m/px, (d/dcol, d/drow)) -> direction B×2 (unit), scale B (px/m, ``|v|``).
     No ramps at all (an untrained model, flat land, water, cloud) gives ``v = 0``: scale 0, the
@@ -300,7 +302,7 @@ def ramp_pose(
     norm = torch.sqrt((g * g).sum(dim=1) + 1e-12)  # B×N
     base = ((norm >= min_slope) & (norm <= max_slope)).to(g.dtype)
     if weights is not None:
-        base = base * weights.float().flatten(1)
+        base = base * weights.float().flatten(1) ** facade_power
     w = base
     gx, gy = g[:, 0], g[:, 1]
     v = g.new_zeros(g.shape[0], 2)

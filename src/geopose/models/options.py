@@ -86,6 +86,7 @@ RAMP_FIT: dict[str, Opt] = {
     "huber": Opt(RAMP_HUBER, "float", "Huber threshold of the fit's residual", gt=0),
     "min_slope": Opt(MIN_SLOPE, "float", "flattest facade slope, m/px", min=0),
     "max_slope": Opt(MAX_SLOPE, "float", "steepest facade slope, m/px", gt=0),
+    "facade_power": Opt(1.0, "float", "a pixel's weight: facade probability ** this", gt=0),
 }
 """The ramp head's fit (geopose.models.heads.ramp_pose), keys of ``model.ramp``."""
 
