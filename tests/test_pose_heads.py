@@ -113,7 +113,9 @@ def test_the_defaults_are_the_ones_before_the_schema():
     dense = {"channels": 64, "activation": "relu", "out_activation": "none", "out_scale": 10.0}
     dense["city"] = False
     dense["upsample"] = "features"  # added with issue 18, round 5 (the behaviour before)
+    dense["depth"], dense["dilation"] = 1, 1  # added with issue 18, round 7 (the same)
     fit = {"iterations": 5, "huber": 0.3, "min_slope": 0.3, "max_slope": 3.0}
+    fit["facade_power"] = 1.0  # added with issue 18, round 7 (the plain weights)
     before = {
         "encoder": "resnet34",
         "pretrained": False,
