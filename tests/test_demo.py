@@ -10,6 +10,7 @@ from test_metrics import reference_score
 from typer.testing import CliRunner
 
 from geopose.cli.main import app
+from geopose.errors import ConfigError
 from geopose.io import read_agl, read_vflow
 
 
@@ -62,6 +63,20 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert "was not made by geopose demo" in str(result.exception) + result.output
     assert precious.read_bytes() == b"not the demo's"
     assert sorted(p.name for p in out.rglob("*")) == ["JAX_abc_RGB.j2k", "data", "train"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("model.facade.depth=0", "model.facade.depth"), ("train.no_such_key=1", "no_such_key")],
+)
+def test_demo_rejects_a_bad_set_before_writing_anything(tmp_path, override, message):
+    """A bad --set is one error line naming the key, before any data is rendered."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(out), "--minutes", "0.3", "--set", override])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ConfigError)  # the CLI prints it as one error: line
+    assert message in str(result.exception)
+    assert not out.exists()
 
 
 def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):

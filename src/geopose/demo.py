@@ -621,6 +621,7 @@ def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None =
     if s.minutes <= 0:
         raise GeoposeError(f"--minutes must be positive, got {s.minutes}")
     started = clock()
+    train_config(s, 1.0)  # a bad --set fails here, before anything is written
     claim_folder(s.out)
     deadline = started + 60.0 * s.minutes
     marks = [("start", started)]
