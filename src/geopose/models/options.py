@@ -75,7 +75,7 @@ def _dense(out_scale: float, **more: Opt) -> dict[str, Opt]:
             "upsample the output (cheaper)",
             choices=("features", "output"),
         ),
-        "depth": Opt(1, "int", "3×3 convolutions at the head's last resolution", min=1),
+        "depth": Opt(1, "int", "1 + extra 3×3 convolutions at the head's last resolution", min=1),
         "dilation": Opt(1, "int", "dilation of the convolutions after the first", min=1),
         **more,
     }
