@@ -21,7 +21,7 @@ net = torch.nn.Sequential(
 x = torch.rand(1, 3, 512, 512)  # activations of 16 MiB each
 faults = []
 with torch.inference_mode():
-    for _ in range(4):
+    for _ in range(10):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         net(x)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
@@ -46,10 +46,14 @@ def test_activations_reuse_freed_memory_without_page_faults() -> None:
     activation = 16 * 512 * 512 * 4 // page  # pages of one activation
     # the control pins glibc's threshold at its start value: the default one rises as blocks
     # are freed, so whether the default reuses pages depends on the allocation history (CI saw
-    # [.., .., 0, 8190]); pinned, every activation is a fresh mapping
+    # [.., .., 0, 8190]); pinned, every activation is a fresh mapping, every call
     off = probe("off", {"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert off["applied"] is None and min(off["faults"][2:]) > activation // 2  # fresh pages
+    # kept for reuse, the heap still grows now and then (a long-lived small block lands above
+    # the freed ones: one call of 8 faulted 2 activations in about 1 run of 2, here and on CI),
+    # so the test counts the calls that fault: all 8 without reuse, at most 2 with it
     on = probe("on")
-    assert on["applied"] is True and max(on["faults"][2:]) < activation // 20  # reused
+    faulting = [f for f in on["faults"][2:] if f > activation // 20]
+    assert on["applied"] is True and len(faulting) <= 2, on["faults"]  # reused
     # a user's own glibc setting wins
     assert probe("on", {"MALLOC_TRIM_THRESHOLD_": "131072"})["applied"] is False
