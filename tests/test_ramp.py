@@ -226,3 +226,113 @@ def test_facade_power_trusts_the_surest_pixels_more():
     assert errors[1.0] - errors[4.0] > 1.0  # degrees: a visible gain, not rounding
     model = create_model({**TINY_RAMP, "facade": {"channels": 8}, "ramp": {"facade_power": 2}})
     assert model._fits["ramp_fit"]["facade_power"] == 2.0
+
+
+class _HintedWalls(torch.nn.Module):
+    """A facade head that knows which side the walls face only given a direction: unsure (0.5)
+    of every pixel without a hint; with one, sure of the rendered walls whose height falls along
+    the hint (∇z · hint < 0: the side a view from that direction shows) and of nothing else.
+    Records the hints it was given."""
+
+    def __init__(self, walls: torch.Tensor, ramp: torch.Tensor) -> None:
+        super().__init__()
+        self.walls, self.ramp, self.hints = walls, ramp, []
+        self.hint = True
+
+    def forward(self, x, gsd=None, city=None, hint=None):
+        self.hints.append(hint)
+        if hint is None:
+            return torch.zeros_like(self.walls)
+        facing = (self.ramp * hint[:, :, None, None]).sum(dim=1, keepdim=True) < 0
+        return ((self.walls * facing) * 2 - 1) * 5.0
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, gsd=None, city=None, hint=None):
+        return self.out
+
+
+@pytest.mark.parametrize("city, seed, angle, scale", [("ARG", 1, 0.6, 0.8), ("ARG", 7, 4.0, 0.9)])
+def test_facade_hint_passes_refine_the_direction(city, seed, angle, scale):
+    """Pitched roofs and crowns bias the fit of an unsure facade head; a head that finds the
+    walls facing a hinted direction, given the first fit's direction, reads the angle as the
+    true walls do (``model.facade.hint_passes``: the first pass without a hint, then each
+    fit's direction as the next pass's hint), and a second pass keeps it there."""
+    r = render(make_scene(city, 192, seed), angle, scale, nadir=False)
+    z = torch.from_numpy(r.agl)[None, None]
+    ramp = torch.nan_to_num(ramp_target(z))
+    walls = torch.from_numpy(np.asarray(r.facade, dtype=np.float32))[None, None]
+    errors = []
+    for passes in (0, 1, 2):
+        cfg = {**TINY_RAMP, "facade": {"channels": 8, "hint_passes": passes}}
+        model = create_model(cfg).eval()
+        assert model.facade_head.hint == (passes > 0)
+        model.ramp_head = _Fixed(ramp)
+        head = model.facade_head = _HintedWalls(walls, ramp)
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 192, 192), torch.tensor([0.3]))
+        assert len(head.hints) == 1 + passes and head.hints[0] is None
+        errors.append(_angle_error_deg(math.atan2(*out.direction[0].tolist()), angle))
+    assert errors[0] - errors[1] > 2.0  # degrees: the walls found, not rounding
+    assert errors[2] < errors[1] + 0.5 and errors[2] < 10.0
+
+
+def test_facade_hint_in_training_is_the_truth_turned_and_dropped():
+    """Training with the truth: the head is called once, with the true direction turned by at
+    most ``hint_noise`` degrees (unit length), zero for about ``hint_drop`` of the images and
+    where the truth is unknown; eval mode never reads the truth; no hint head, no change."""
+    n = 400
+    truth = torch.nn.functional.normalize(torch.randn(n, 2), dim=1)
+    truth[:3] = float("nan")
+    hints = []
+    model = create_model({**TINY_RAMP, "facade": {"channels": 8, "hint_passes": 1}})
+    model.facade_head.register_forward_hook(
+        lambda m, a, out: hints.append(a[3] if len(a) > 3 else None)
+    )
+    model._hint.update(hint_noise=30.0, hint_drop=0.25)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(n, 3, 32, 32), torch.full((n,), 0.3), direction=truth)
+    (hint,) = hints
+    given = hint.norm(dim=1) > 0
+    assert not bool(given[:3].any())
+    assert 0.65 < float(given[3:].float().mean()) < 0.85
+    torch.testing.assert_close(hint[given].norm(dim=1), torch.ones(int(given.sum())))
+    turn = torch.rad2deg(torch.acos((hint[given] * truth[given]).sum(1).clamp(-1, 1)))
+    assert float(turn.max()) <= 30.0 + 1e-3 and float(turn.max()) > 25.0
+    model._hint.update(hint_noise=0.0, hint_drop=0.0)
+    with torch.no_grad():
+        model(torch.rand(n, 3, 32, 32), torch.full((n,), 0.3), direction=truth)
+        torch.testing.assert_close(hints[1][3:], truth[3:])
+        model.eval()(torch.rand(2, 3, 32, 32), torch.full((2,), 0.3), direction=truth[3:5])
+    assert hints[2] is None and len(hints) == 4  # eval: no hint, then the fit's direction
+    plain = create_model({**TINY_RAMP, "facade": {"channels": 8}})
+    assert not plain.takes_direction and plain.facade_head.hint is False
+    assert model.takes_direction
+
+
+def test_training_task_passes_the_truth_to_a_hinted_facade_head_only_when_training():
+    from geopose.config import resolve_config
+    from geopose.training.task import GeoposeTask
+
+    task = GeoposeTask(resolve_config("cpu_small", ["model.facade.hint_passes=1"]))
+    seen = []
+    task.model.facade_head.register_forward_hook(
+        lambda m, a, out: seen.append(a[3] if len(a) > 3 else None)
+    )
+    batch = {
+        "image": torch.rand(2, 3, 64, 64),
+        "gsd": torch.tensor([0.3, 0.3]),
+        "city": torch.tensor([0, 1]),
+        "direction": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+    }
+    task.model._hint.update(hint_noise=0.0, hint_drop=0.0)
+    with torch.no_grad():
+        task.train()(batch)
+        task.eval()(batch)
+    torch.testing.assert_close(seen[0], batch["direction"])
+    assert len(seen) == 3 and seen[1] is None  # eval: its own fit's direction, never the truth
