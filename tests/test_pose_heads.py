@@ -152,9 +152,6 @@ def test_the_defaults_are_the_ones_before_the_schema():
     }
     assert before == MODEL_DEFAULTS
     assert resolve_model_config({"ramp": True})["ramp"] == {**dense, "out_scale": 1.0, **fit}
-    hint = {"hint_passes": 0, "hint_noise": 45.0, "hint_drop": 0.3}  # issue 18, round 8 (off)
-    facade = resolve_model_config({"ramp": True, "facade": True})["facade"]
-    assert facade == {**dense, "out_scale": 1.0, **hint}
     target = {"kind": "mse", "weight": 1.0, "delta": 1.0, "trim": 0.0}
     before = {
         "agl": target,

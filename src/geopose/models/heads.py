@@ -97,10 +97,8 @@ class DenseHead(nn.Module):
         upsample: str = "features",
         depth: int = 1,
         dilation: int = 1,
-        hint: bool = False,
     ) -> None:
         super().__init__()
-        self.hint = bool(hint)
         self.gsd, self.out_activation = gsd, out_activation
         act = ACTIVATIONS[activation]
         self.gsd_ref, self.city, self.out_scale = float(gsd_ref), bool(city), float(out_scale)
@@ -108,7 +106,6 @@ class DenseHead(nn.Module):
         if 2**n_up != input_stride:
             raise ConfigError(f"head input stride {input_stride} is not a power of 2")
         in_ch = in_channels + (self.gsd in ("concat", "both")) + N_CITIES * self.city
-        in_ch += 2 * self.hint
         layers: list[nn.Module] = []
         if upsample not in ("features", "output"):
             raise ConfigError(f"head upsample {upsample!r}: features | output")
@@ -126,21 +123,13 @@ class DenseHead(nn.Module):
         self.upsample_output = 1 if by_features else input_stride
 
     def forward(
-        self,
-        x: torch.Tensor,
-        gsd: torch.Tensor | None = None,
-        city: torch.Tensor | None = None,
-        hint: torch.Tensor | None = None,
+        self, x: torch.Tensor, gsd: torch.Tensor | None = None, city: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Decoder map, GSD B (m/px), city B, direction hint B×2 (unit, zeros: unknown; only
-        a ``hint`` head reads it) -> B×out×H×W."""
         cues = []
         if self.gsd in ("concat", "both"):
             cues.append(gsd_feature(gsd, self.gsd_ref).to(x.dtype))
         if self.city:
             cues.append(city_one_hot(city, x.shape[0], x))
-        if self.hint:
-            cues.append(x.new_zeros(x.shape[0], 2) if hint is None else hint.to(x.dtype))
         y = self.body(_cue_maps(x, cues))
         if self.upsample_output > 1:
             y = F.interpolate(

@@ -9,7 +9,6 @@ Every key of those sections: ``geopose.models.options``; the pose heads: ``geopo
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,8 @@ from torch import nn
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.models.decoders import UnetDecoder
 from geopose.models.encoders import Encoder
-from geopose.models.heads import DenseHead, ramp_pose
+from geopose.models.heads import DenseHead
 from geopose.models.options import (
-    FACADE_HINT,
     GEOPOSE,
     MODEL_DEFAULTS,
     MODELS,
@@ -94,11 +92,8 @@ class GeoposeModel(nn.Module):
             kind=dec["kind"],
         )
         ch, stride = self.decoder.out_channels, self.decoder.output_stride
-        fits = {**RAMP_FIT, **FACADE_HINT}
         for name, out_channels in DENSE_HEADS.items():  # None: no such head
-            opts = {k: v for k, v in (c[name] or {}).items() if k not in fits}
-            if name == "facade" and opts:
-                opts["hint"] = c[name]["hint_passes"] > 0
+            opts = {k: v for k, v in (c[name] or {}).items() if k not in RAMP_FIT}
             head = DenseHead(ch, stride, out_channels, **opts) if c[name] is not None else None
             setattr(self, f"{name}_head", head)
         bottleneck = self.encoder.channels[-1]
@@ -109,12 +104,6 @@ class GeoposeModel(nn.Module):
         # model.direction.detach_agl says, the ramp fit reads model.ramp.
         ramp_fit = {k: c["ramp"][k] for k in RAMP_FIT} if c["ramp"] is not None else {}
         self._fits = {"flow_detach_agl": d["detach_agl"], "ramp_fit": ramp_fit}
-        self._hint = dict(c["facade"] or {}) if self.facade_head is not None else {}
-
-    @property
-    def takes_direction(self) -> bool:
-        """True when training should pass the true direction (the facade head's hint)."""
-        return self._hint.get("hint_passes", 0) > 0
 
     @classmethod
     def build(cls, config: dict) -> GeoposeModel:
@@ -131,52 +120,20 @@ class GeoposeModel(nn.Module):
         image: torch.Tensor,
         gsd: torch.Tensor | float | None = None,
         city: torch.Tensor | None = None,
-        direction: torch.Tensor | None = None,
     ) -> GeoposeOutput:
-        """Image B×3×H×W in [0, 1], GSD B (m/px), city B (long, -1 unknown) -> GeoposeOutput.
-        ``direction`` B×2 (the truth, unit; training only): the facade head's hint
-        (``model.facade.hint_passes``), turned and dropped at random; ignored in eval mode."""
+        """Image B×3×H×W in [0, 1], GSD B (m/px), city B (long, -1 unknown) -> GeoposeOutput."""
         h, w = image.shape[2], image.shape[3]
         gsd = self._gsd(gsd, image)
         x = self._pad((image - self.mean) / self.std)
         feats = self.encoder(x)
         dec = self.decoder(feats)
-        dense = {n: self._dense(n, dec, gsd, city, h, w) for n in DENSE_HEADS if n != "facade"}
-        dense["facade"] = self._facade(dec, gsd, city, h, w, dense["ramp"], direction)
+        dense = {n: self._dense(n, dec, gsd, city, h, w) for n in DENSE_HEADS}
         ctx = PoseContext(feats, dec, (x.shape[2], x.shape[3]), gsd, city, **dense, **self._fits)
         return ctx.output(self.direction_head(ctx), self.scale_head(ctx))
 
     def _dense(self, name: str, dec, gsd, city, h: int, w: int) -> torch.Tensor | None:
         head = getattr(self, f"{name}_head")
         return head(dec, gsd, city)[:, :, :h, :w] if head is not None else None
-
-    def _facade(self, dec, gsd, city, h: int, w: int, ramp, direction) -> torch.Tensor | None:
-        """Facade logits; with a hint head, predicted once without a hint and then
-        ``hint_passes`` times with the previous logits' ramp-fit direction (eval), or once with
-        the noisy true direction (training with ``direction``)."""
-        head, passes = self.facade_head, self._hint.get("hint_passes", 0)
-        if head is None or passes == 0 or ramp is None:
-            return self._dense("facade", dec, gsd, city, h, w)
-        if self.training and direction is not None:
-            return head(dec, gsd, city, self._noisy_hint(direction))[:, :, :h, :w]
-        logits = head(dec, gsd, city)[:, :, :h, :w]
-        for _ in range(passes):
-            weights = torch.sigmoid(logits.float())
-            hint, _ = ramp_pose(ramp, weights=weights, **self._fits["ramp_fit"])
-            logits = head(dec, gsd, city, hint.detach())[:, :, :h, :w]
-        return logits
-
-    def _noisy_hint(self, direction: torch.Tensor) -> torch.Tensor:
-        """The true direction B×2 turned by up to ± ``hint_noise`` degrees, zero (unknown) for
-        a ``hint_drop`` share of the images and where the truth is unknown."""
-        d = direction.float()
-        b = d.shape[0]
-        turn = (torch.rand(b, device=d.device) * 2 - 1) * math.radians(self._hint["hint_noise"])
-        angle = torch.atan2(d[:, 0], d[:, 1]) + turn
-        hint = torch.stack([torch.sin(angle), torch.cos(angle)], dim=1)
-        keep = torch.rand(b, device=d.device) >= self._hint["hint_drop"]
-        keep = keep & torch.isfinite(d).all(dim=1)
-        return torch.where(keep[:, None], hint, torch.zeros_like(hint))
 
     def _gsd(self, gsd, image: torch.Tensor) -> torch.Tensor:
         if gsd is None:

@@ -90,25 +90,6 @@ RAMP_FIT: dict[str, Opt] = {
 }
 """The ramp head's fit (geopose.models.heads.ramp_pose), keys of ``model.ramp``."""
 
-FACADE_HINT: dict[str, Opt] = {
-    "hint_passes": Opt(
-        0,
-        "int",
-        "0: no hint; N: the head also reads a direction hint and predicts N + 1 times, "
-        "the first without a hint, then with each ramp fit's direction",
-        min=0,
-    ),
-    "hint_noise": Opt(
-        45.0,
-        "float",
-        "training: the hint is the true direction turned by up to ± this, deg",
-        min=0,
-        max=180,
-    ),
-    "hint_drop": Opt(0.3, "float", "training: share of images given no hint", min=0, max=1),
-}
-"""The facade head's direction hint (GeoposeModel), keys of ``model.facade``."""
-
 MODEL: dict[str, Opt | Section] = {
     "encoder": Opt("resnet34", "str", "timm model name"),
     "pretrained": Opt(False, "bool", "start from timm's ImageNet weights"),
@@ -135,7 +116,7 @@ MODEL: dict[str, Opt | Section] = {
         {**_dense(1.0), **RAMP_FIT}, "facade-ramp (m/px) head", optional=True, present=False
     ),
     "facade": Section(
-        {**_dense(1.0), **FACADE_HINT},
+        _dense(1.0),
         "facade logits head: weighs the ramp fit's pixels by sigmoid(logit)",
         optional=True,
         present=False,

@@ -78,8 +78,6 @@ class GeoposeTask(L.LightningModule):
 
     def forward(self, batch: Batch) -> GeoposeOutput:
         image = batch["image"].contiguous(memory_format=torch.channels_last)
-        if self.training and getattr(self.model, "takes_direction", False):
-            return self.model(image, batch["gsd"], batch["city"], direction=batch["direction"])
         return self.model(image, batch["gsd"], batch["city"])
 
     def on_fit_start(self) -> None:
