@@ -358,23 +358,3 @@ def test_loading_a_checkpoint_of_a_pretrained_recipe_never_fetches(tmp_path, mon
     image, gsd, city = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(model(image, gsd, city).agl, loaded(image, gsd, city).agl)
-
-
-def test_decoder_context_carries_the_whole_image_to_every_pixel():
-    # Without it a pixel's prediction depends on a window of the image (resnet18 to stride 16:
-    # about 130 px each way through encoder, decoder and head); with it, on the whole image.
-    x = torch.rand(1, 3, 64, 448)
-    far = x.clone()
-    far[..., 320:] = torch.rand(1, 3, 64, 128)  # change only what lies > 300 px from column 0
-    for context in (0, 8):
-        torch.manual_seed(0)
-        model = create_model("cpu_small", decoder={"context": context}).eval()
-        n_ctx = sum(p.numel() for n, p in model.named_parameters() if "decoder.context" in n)
-        assert (n_ctx > 0) == (context > 0)
-        with torch.no_grad():
-            a, b = (
-                model(t, torch.tensor([0.3]), torch.tensor([1])).agl[..., :16] for t in (x, far)
-            )
-        assert torch.equal(a, b) == (context == 0), context
-    with pytest.raises(ConfigError, match="context"):
-        create_model("cpu_small", decoder={"context": -1})

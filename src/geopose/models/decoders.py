@@ -5,11 +5,6 @@ encoder map of the same stride (skip connection) and convolve, until ``output_st
 is reached. ``kind="unet"`` upsamples by nearest neighbour as in segmentation_models_pytorch's
 UNet; ``kind="residual_deconv"`` upsamples with a transposed convolution plus a bilinear
 shortcut and refines with a residual block (the 2nd place's "residual deconvolutions").
-
-``context > 0`` appends an image-level context to the deepest map before the first block
-(ParseNet's global pooling): its global average through a 1×1 convolution, broadcast to every
-position, so that what is known of the whole image (e.g. which way its walls lean) reaches
-every pixel's prediction, where a convolution's receptive field cannot.
 """
 
 from __future__ import annotations
@@ -75,19 +70,6 @@ class ResidualDeconvBlock(nn.Module):
         return self.act(x + self.conv2(x))
 
 
-class GlobalContext(nn.Module):
-    """The map's global average through a 1×1 convolution and ReLU, broadcast to every position
-    and appended to the map: B×C×H×W -> B×(C + channels)×H×W."""
-
-    def __init__(self, in_ch: int, channels: int) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(in_ch, channels, 1), nn.ReLU(inplace=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.proj(x.mean(dim=(2, 3), keepdim=True))
-        return torch.cat([x, g.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
-
-
 BLOCKS = {"unet": UnetBlock, "residual_deconv": ResidualDeconvBlock}
 
 
@@ -101,7 +83,6 @@ class UnetDecoder(nn.Module):
             ``log2(encoder stride / output_stride)`` entries are used.
         output_stride: stride of the decoder's output map (4 or 2 for the geopose heads).
         kind: ``"unet"`` or ``"residual_deconv"``.
-        context: channels of the image-level context appended to the deepest map (0: none).
     """
 
     def __init__(
@@ -111,7 +92,6 @@ class UnetDecoder(nn.Module):
         channels: list[int],
         output_stride: int = 4,
         kind: str = "unet",
-        context: int = 0,
     ) -> None:
         super().__init__()
         if kind not in BLOCKS:
@@ -134,8 +114,6 @@ class UnetDecoder(nn.Module):
         self.skip_index: list[int] = []  # -1 = no skip at that stride
         blocks = []
         in_ch = encoder_channels[-1]
-        self.context = GlobalContext(in_ch, context) if context > 0 else None
-        in_ch += context if context > 0 else 0
         stride = deepest
         for out_ch in channels[:n_blocks]:
             stride //= 2
@@ -144,13 +122,11 @@ class UnetDecoder(nn.Module):
             blocks.append(block_cls(in_ch, encoder_channels[idx] if idx >= 0 else 0, out_ch))
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
-        self.out_channels = in_ch
+        self.out_channels = in_ch if n_blocks else encoder_channels[-1]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Encoder maps (shallowest first) -> B×out_channels×H/s×W/s, s = output_stride."""
         x = feats[-1]
-        if self.context is not None:
-            x = self.context(x)
         for block, idx in zip(self.blocks, self.skip_index, strict=True):
             x = block(x, feats[idx] if idx >= 0 else None)
         return x

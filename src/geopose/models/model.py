@@ -90,7 +90,6 @@ class GeoposeModel(nn.Module):
             channels=list(dec["channels"]),
             output_stride=dec["output_stride"],
             kind=dec["kind"],
-            context=dec["context"],
         )
         ch, stride = self.decoder.out_channels, self.decoder.output_stride
         for name, out_channels in DENSE_HEADS.items():  # None: no such head

@@ -99,9 +99,6 @@ MODEL: dict[str, Opt | Section] = {
             "kind": Opt("unet", "str", "decoder block", choices=tuple(BLOCKS)),
             "channels": Opt([256, 128, 64, 32], "ints", "block channels, deepest first", min=1),
             "output_stride": Opt(4, "int", "stride of the decoder map (a power of 2)", min=1),
-            "context": Opt(
-                0, "int", "channels of an image-level (global pooling) context; 0: none", min=0
-            ),
         },
         "UNet decoder",
     ),
