@@ -40,6 +40,13 @@ def main() -> None:
         default="auto",
         help="train.precision of both recipes (32-true: float32, the common CPU case)",
     )
+    ap.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=("baseline", "cpu_small"),
+        default=["baseline", "cpu_small"],
+        help="which recipes to run (e.g. only cpu_small after a change to it)",
+    )
     args = ap.parse_args()
 
     common = [
@@ -64,7 +71,7 @@ def main() -> None:
     )
     make_data(base, print)
     rows = []
-    for recipe, extra in recipes.items():
+    for recipe, extra in ((r, recipes[r]) for r in args.recipes):
         s = replace(base, out=args.out / recipe, data_dir=base.data, overrides=extra)
         t0 = time.time()
         ckpt = train_recipe(recipe, s, args.minutes)
