@@ -83,7 +83,8 @@ def recorded_train(monkeypatch):
     return calls
 
 
-def test_demo_resumes_through_plan_run_then_reuses(tmp_path, recorded_train):
+def test_demo_resumes_through_plan_run_then_reuses(tmp_path, recorded_train, monkeypatch):
+    monkeypatch.setattr(geopose.training.run, "cpu_has_native_bf16", lambda: False)
     s = demo.DemoSettings(out=tmp_path / "demo", size=64, overrides=["data.batch_size=4"])
     started_run(s.run, demo.train_config(s, 1.0))
     lines = []
@@ -91,7 +92,7 @@ def test_demo_resumes_through_plan_run_then_reuses(tmp_path, recorded_train):
     assert ckpt == s.run / "checkpoints" / "last.ckpt"
     (call,) = recorded_train
     assert call["resume"] and call["config"] == demo.train_config(s, 2.0)
-    assert lines[0] == "train: resuming cpu_small for up to 2.0 min"
+    assert lines[0] == "train: resuming cpu_small for up to 2.0 min in 32-true"
     # ended: reused, not trained again
     demo.train_model(s, 2.0, lines.append)
     assert len(recorded_train) == 1 and lines[-2] == f"train: reusing {s.run}"

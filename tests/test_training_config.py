@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import platform
+import sys
 
 import pytest
+import torch
 
 from geopose.config import (
     DATA,
@@ -178,6 +181,42 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native, ex
     t["strategy"] = "auto"
     assert run._resolve_devices(t)[4] == expected
     assert run._resolve_devices({**t, "precision": "32-true"})[4] == "32-true"
+
+
+def _proc_cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+    reason="reads the x86 flags of /proc/cpuinfo",
+)
+def test_native_bf16_is_the_cpus_bf16_instructions_not_onednns_emulation():
+    """bf16-mixed is chosen only where the CPU has AVX512-BF16 or AMX: on an AVX-512 Xeon
+    without them oneDNN still "supports" bf16, emulated at a third of float32's speed."""
+    from geopose.training.run import cpu_has_native_bf16
+
+    flags = _proc_cpu_flags()
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, False), ({"avx512f", "avx512_bf16"}, True)],
+)
+def test_native_bf16_falls_back_to_the_cpu_flags(monkeypatch, flags, expected):
+    """Where torch has no CPU-capability queries, /proc/cpuinfo's flags decide."""
+    from geopose.training import run
+
+    monkeypatch.setattr(run.platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(run, "_linux_cpu_flags", lambda: flags)
+    assert run.cpu_has_native_bf16() is expected
 
 
 def test_time_budget_share_survives_a_resume():

@@ -171,7 +171,7 @@ def train_model(
         plan = plan_run(s.run, DEMO_RECIPE, overrides, resume="auto", overwrite=True)
         log(
             f"train: {'resuming' if plan.resume else 'training'} {DEMO_RECIPE} for up to "
-            f"{minutes:.1f} min"
+            f"{minutes:.1f} min in {plan.precision}"
         )
         plan.train(callbacks)
     else:
