@@ -15,7 +15,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from geopose.demo import DemoSettings, evaluate_test, make_data, predict_test, train_config
+from geopose.demo import (
+    DemoSettings,
+    evaluate_test,
+    make_cache,
+    make_data,
+    predict_test,
+    train_config,
+)
 from geopose.training.run import train
 
 
@@ -74,6 +81,7 @@ def main() -> None:
     for recipe, extra in ((r, recipes[r]) for r in args.recipes):
         s = replace(base, out=args.out / recipe, data_dir=base.data, overrides=extra)
         t0 = time.time()
+        make_cache(s, print)
         ckpt = train_recipe(recipe, s, args.minutes)
         predict_test(s, ckpt, print)
         scores = evaluate_test(s, print)

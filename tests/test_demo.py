@@ -25,6 +25,15 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     # every step left its output
     assert (out / "data" / "synth.json").is_file()
     assert (out / "run" / "summary.json").is_file()
+    # training read the training images from the cache made once (geopose prepare's format)
+    from geopose.config import load_config
+    from geopose.data.cache import CacheSource
+
+    cache = CacheSource(out / "cache")
+    assert len(cache.index) == 10
+    assert load_config(out / "run" / "config.yaml")["data"]["root"] == str(
+        (out / "cache").resolve()
+    )
     assert len(list((out / "predictions").glob("*_AGL.tif"))) == 2
     assert len(list((out / "rectified").glob("*_NADIR_AGL.tif"))) == 2
     page = (out / "report.html").read_text()
@@ -49,6 +58,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     assert "data: reusing" in second.output and "train: reusing" in second.output
+    assert "cache: reusing" in second.output
     assert json.loads((out / "scores.json").read_text())["final"] == saved["final"]
 
 

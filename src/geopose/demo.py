@@ -78,6 +78,11 @@ class DemoSettings:
         return self.data_dir if self.data_dir is not None else self.out / "data"
 
     @property
+    def cache(self) -> Path:
+        """The training images as a ``geopose prepare`` cache (what training reads)."""
+        return self.out / "cache"
+
+    @property
     def run(self) -> Path:
         return self.out / "run"
 
@@ -123,6 +128,24 @@ def make_data(s: DemoSettings, log: Log, on_progress: ProgressFn | None = None) 
     )
 
 
+def make_cache(s: DemoSettings, log: Log) -> None:
+    """Convert the training images once into a memory-mapped cache (``geopose prepare``): a
+    training crop is then a window read instead of a JPEG 2000 decode, which took about 14 % of
+    a 2-core training step (BENCHMARKS.md, Demo, round 10). Reuses a finished cache and resumes
+    an unfinished one."""
+    from geopose.data.cache import INDEX, is_cache, prepare_cache
+
+    if is_cache(s.cache) and (s.cache / INDEX).is_file():
+        log(f"cache: reusing {s.cache}")
+        return
+    t0 = clock()
+    made = prepare_cache(s.data, s.cache, split="train")
+    log(
+        f"cache: {len(made.index)} training images -> {s.cache} "
+        f"({made.size_bytes / 1e6:.0f} MB, {clock() - t0:.0f} s)"
+    )
+
+
 def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) -> list[str]:
     """The overrides that put a recipe (the demo's: ``cpu_small``) on the demo data,
     time-boxed to ``minutes``.
@@ -138,7 +161,7 @@ def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) 
 
     crop = min(resolve_config(recipe, [])["data"]["crop"], s.size)
     return [
-        f"data.root={s.data.resolve()}",
+        f"data.root={s.cache.resolve()}",
         f"data.crop={crop}",
         f"train.max_minutes={minutes:.3f}",
         f"train.seed={s.seed}",
@@ -630,6 +653,7 @@ def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None =
         marks.append((step, clock()))
 
     make_data(s, log, on_progress)
+    make_cache(s, log)
     mark("data")
     cfg = train_config(s, 1.0)
     probe = SpeedProbe(s, cfg["model"])
