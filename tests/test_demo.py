@@ -75,6 +75,27 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == ["JAX_abc_RGB.j2k", "data", "train"]
 
 
+def test_demo_refuses_a_cache_folder_it_did_not_make(tmp_path, fake_dataset):
+    """OUT/cache holding someone's files: one error naming it, the files untouched (the demo
+    has no --overwrite to offer)."""
+    from geopose import demo
+    from geopose.errors import GeoposeDataError
+
+    s = demo.DemoSettings(out=tmp_path / "demo", data_dir=fake_dataset.root)
+    s.cache.mkdir(parents=True)
+    (s.cache / "notes.txt").write_text("mine")
+    with pytest.raises(GeoposeDataError, match="not the demo's cache") as err:
+        demo.make_cache(s, print)
+    assert str(s.cache) in str(err.value)
+    assert [p.name for p in s.cache.iterdir()] == ["notes.txt"]
+    # the demo's own finished cache is reused, an empty folder is filled
+    (s.cache / "notes.txt").unlink()
+    lines: list[str] = []
+    demo.make_cache(s, lines.append)
+    demo.make_cache(s, lines.append)
+    assert lines[0].startswith("cache: ") and lines[1] == f"cache: reusing {s.cache}"
+
+
 @pytest.mark.parametrize(
     "override, message",
     [("model.facade.depth=0", "model.facade.depth"), ("train.no_such_key=1", "no_such_key")],

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geopose.errors import GeoposeDataError, GeoposeError
+from geopose.errors import GeoposeDataError, GeoposeError, OutputExistsError
 
 if TYPE_CHECKING:
     from geopose.types import ProgressFn
@@ -139,7 +139,12 @@ def make_cache(s: DemoSettings, log: Log) -> None:
         log(f"cache: reusing {s.cache}")
         return
     t0 = clock()
-    made = prepare_cache(s.data, s.cache, split="train")
+    try:
+        made = prepare_cache(s.data, s.cache, split="train")
+    except OutputExistsError as exc:  # the demo has no --overwrite: never touch such a folder
+        raise GeoposeDataError(
+            s.cache, "exists and is not the demo's cache; move it away or choose another OUT"
+        ) from exc
     log(
         f"cache: {len(made.index)} training images -> {s.cache} "
         f"({made.size_bytes / 1e6:.0f} MB, {clock() - t0:.0f} s)"
