@@ -238,3 +238,44 @@ def test_time_budget_share_survives_a_resume():
     task._trainer = SimpleNamespace(callbacks=[])
     task._fit_started = time.monotonic() - 60.0
     assert math.isclose(task.time_done(), 0.1, abs_tol=0.01)
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", None)]
+)
+def test_adam_is_fused_except_under_fp16_scaling(precision, fused):
+    """AdamW runs its fused kernel (the same update, one pass over the parameters), except under
+    16-mixed, where Lightning's gradient scaler cannot clip a fused optimizer's gradients."""
+    from types import SimpleNamespace
+
+    from geopose.training.task import GeoposeTask
+
+    cfg = resolve_config("cpu_small", ["train.lr=0.01"])
+    task = GeoposeTask(cfg)
+    task._trainer = SimpleNamespace(precision=precision, callbacks=[])
+    opt = task.configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["fused"] is fused
+    if not fused:
+        return
+    # The fused update is the reference one: three steps on the same gradients agree.
+    start = [p.detach().clone() for p in task.parameters()]
+    ref_params = [p.clone().requires_grad_() for p in start]
+    ref = torch.optim.AdamW(
+        ref_params, lr=0.01, weight_decay=cfg["train"]["weight_decay"], foreach=False
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(task.parameters(), ref_params, strict=True):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    diff = max(
+        float((q - r).abs().max()) for q, r in zip(ref_params, task.parameters(), strict=True)
+    )
+    assert diff < 1e-5
+    assert (
+        max(float((p - s).abs().max()) for p, s in zip(task.parameters(), start, strict=True))
+        > 0.01
+    )
