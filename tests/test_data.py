@@ -138,6 +138,34 @@ def test_cache_and_folder_windows_agree(data_dir, cache_dir):
     assert np.isnan(agl[:8]).all() and np.isnan(agl[:, 16:]).all()
 
 
+def test_cache_keeps_an_images_maps_for_its_next_crop(cache_dir, monkeypatch):
+    """An image's files are mapped once and reused (at most MAX_MAPPED images' maps are kept);
+    a pickled source (to a loader process) carries no mapped data; the rows are the index's."""
+    import pickle
+
+    import geopose.data.cache as cache_mod
+
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(cache_mod, "MAX_MAPPED", 2)
+    src = CacheSource(cache_dir)
+    first = src.open(3).read(0, 0, 8, 8)
+    again = src.open(3).read(0, 0, 8, 8)
+    assert len(loads) == 2  # the RGB and the AGL of image 3, once
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    src.open(4), src.open(5)  # the third image lets the first go
+    assert sorted(src._maps) == [4, 5]
+    src.open(3)
+    assert len(loads) == 8
+    copy = pickle.loads(pickle.dumps(src))
+    assert copy._maps == {} and len(pickle.dumps(src)) < 20_000
+    np.testing.assert_array_equal(copy.open(3).read(0, 0, 8, 8)[0], first[0])
+    for i in (0, 7):
+        assert src.row(i) == src.index.iloc[i].to_dict()
+
+
 def test_prepare_reports_one_progress_stage_and_its_size(data_dir, tmp_path):
     """``prepare_cache``: one ProgressFn stage, and the count and size the CLI prints."""
     calls = []

@@ -92,6 +92,14 @@ class ImageSource:
     def open(self, i: int) -> ImageHandle:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def row(self, i: int) -> dict:
+        """Row ``i`` of ``index`` as a dict: read per crop, where pandas' ``iloc`` costs about
+        0.4 ms (a tenth of a crop from a cache). Built once from the index as it is then."""
+        records = self.__dict__.get("_records")
+        if records is None:
+            records = self._records = self.index.to_dict("records")
+        return records[i]
+
     def position(self, stems: list[str]) -> list[int]:
         """Row positions of ``stems`` in the index (GeoposeDataError for unknown stems)."""
         where = {s: i for i, s in enumerate(self.index["stem"])}

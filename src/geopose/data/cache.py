@@ -34,6 +34,9 @@ MARKER = "geopose_cache.json"
 INDEX = "index.csv"
 FORMAT = 1
 CONVERT_STAGE = "convert"
+# Images whose memory maps a CacheSource keeps open (two maps each; Linux allows a process
+# 65,530 by default).
+MAX_MAPPED = 4096
 """The progress stage of :func:`prepare_cache` (images converted)."""
 
 
@@ -226,9 +229,19 @@ class CacheSource(ImageSource):
         index["agl"] = index["agl"].fillna("")
         self.index = index
         self.downsample = int(meta.get("downsample", 1))
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def open(self, i: int) -> ImageHandle:
-        row = self.index.iloc[i]
+        row = self.row(i)
+        rgb, agl = self._mapped(i, row)
+        return ImageHandle(rgb, agl, float(row["agl_max"]), agl_in_cm=True)
+
+    def _mapped(self, i: int, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image ``i``'s memory maps, kept for the next crop of it (mapping the two files anew
+        took a third of a crop's time); the oldest are let go beyond :data:`MAX_MAPPED`."""
+        got = self._maps.get(i)
+        if got is not None:
+            return got
         try:
             rgb = np.load(self.root / row["rgb"], mmap_mode="r")
             agl = np.load(self.root / row["agl"], mmap_mode="r") if row["agl"] else None
@@ -236,4 +249,11 @@ class CacheSource(ImageSource):
             raise GeoposeDataError(
                 self.root / row["rgb"], f"unreadable cache file ({exc})"
             ) from exc
-        return ImageHandle(rgb, agl, float(row["agl_max"]), agl_in_cm=True)
+        if len(self._maps) >= MAX_MAPPED:
+            del self._maps[next(iter(self._maps))]
+        self._maps[i] = (rgb, agl)
+        return rgb, agl
+
+    def __getstate__(self) -> dict:
+        # A loader process maps the files itself: pickling a memory map copies its data.
+        return {**self.__dict__, "_maps": {}}

@@ -91,7 +91,7 @@ class GeoposeDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> Item:
         i, seed = item if isinstance(item, tuple) else (item, item_seed(self.seed, 0, item))
-        row = self.source.index.iloc[self.rows[i]]
+        row = self.source.row(self.rows[i])
         handle = self.source.open(self.rows[i])
         pose = dict(angle=float(row["angle"]), scale=float(row["scale"]), gsd=float(row["gsd"]))
         if not self.train:

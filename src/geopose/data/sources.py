@@ -43,7 +43,7 @@ class FolderSource(ImageSource):
     def open(self, i: int) -> ImageHandle:
         from geopose.io import read_agl, read_rgb
 
-        row = self.index.iloc[i]
+        row = self.row(i)
         rgb = read_rgb(row["rgb"])
         agl = read_agl(row["agl"]) if isinstance(row["agl"], str) else None
         if agl is not None and agl.shape != rgb.shape[:2]:
