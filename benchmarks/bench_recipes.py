@@ -1,7 +1,8 @@
 """Train the public benchmark's architecture (`baseline`) and the CPU recipe side by side.
 
 Same synthetic data, same wall-clock budget, same seed; each model predicts the held-out test
-images (D4 TTA) and is scored with `geopose evaluate`'s function. Prints one row per recipe.
+images (with the TTA its training suits: D4 for `baseline`, none for `cpu_small`) and is
+scored with `geopose evaluate`'s function. Prints one row per recipe.
 
     python benchmarks/bench_recipes.py --minutes 5 --out /tmp/bench_recipes
     python benchmarks/bench_recipes.py --minutes 4 --precision 32-true  # float32 on any CPU
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from geopose.demo import (
     DemoSettings,
+    demo_tta,
     evaluate_test,
     make_cache,
     make_data,
@@ -80,6 +82,7 @@ def main() -> None:
     rows = []
     for recipe, extra in ((r, recipes[r]) for r in args.recipes):
         s = replace(base, out=args.out / recipe, data_dir=base.data, overrides=extra)
+        s = replace(s, tta=demo_tta(s, recipe))  # each recipe's own (cpu_small: none)
         t0 = time.time()
         make_cache(s, print)
         ckpt = train_recipe(recipe, s, args.minutes)

@@ -53,6 +53,9 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert saved["final"] == pytest.approx(np.mean([r["score"] for r in ref.values()]), abs=1e-6)
     assert set(saved["cities"]) == set(ref)
     assert f"{saved['final']:.4f}" in first.output
+    # cpu_small trains without D4 turns, so the demo predicts without TTA unless told
+    assert saved["demo"]["tta"]["asked"] == "none" and saved["demo"]["tta"]["used"] == {"none": 2}
+    assert "prediction ran late" not in first.output
 
     # a second run reuses the data and the trained model
     second = runner.invoke(app, args)
@@ -125,3 +128,16 @@ def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):
     s = demo.DemoSettings(out=tmp_path / "d", overrides=["train.val_every=1", "data.workers=2"])
     cfg = demo.train_config(s, 5.0)
     assert cfg["train"]["val_every"] == 1 and cfg["data"]["workers"] == 2
+
+
+def test_demo_tta_is_the_recipes_unless_asked_or_uniform(tmp_path):
+    """cpu_small trains without D4 turns: no TTA; turned back on by --set data.d4=true; on
+    uniform angles every turned view is in the training distribution: D4; --tta wins."""
+    from geopose.demo import DemoSettings, demo_tta
+
+    s = DemoSettings(out=tmp_path)
+    assert demo_tta(s) == "none"
+    assert demo_tta(DemoSettings(out=tmp_path, overrides=["data.d4=true"])) == "d4"
+    assert demo_tta(DemoSettings(out=tmp_path, uniform_angles=True)) == "d4"
+    assert demo_tta(DemoSettings(out=tmp_path, tta="flip", uniform_angles=True)) == "flip"
+    assert demo_tta(s, "baseline") == "d4"  # bench_recipes: each recipe's own

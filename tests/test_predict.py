@@ -238,7 +238,7 @@ def test_run_predict_resolves_models_tta_and_device_and_reports_one_progress(
         on_progress=lambda *c: calls.append(c),
     )
     assert report.members == [(str(ckpts[0]), 1.0), (ckpts[1], 3.0)]
-    assert report.tta == "d4"
+    assert report.tta == "none"  # cpu_small trains without D4 turns (learned_tta)
     assert report.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert calls == [("images", 0, 2), ("images", 1, 2), ("images", 2, 2)]
     assert len(report.written) == 2
@@ -272,3 +272,29 @@ def test_run_predict_names_scene_stages_by_stem():
     from geopose.inference.run import scene_stage
 
     assert scene_stage("JAX_1", "flow") == "JAX_1: flow"
+
+
+def test_default_tta_is_the_one_the_models_were_trained_for(tmp_path, ckpts, make_fake_dataset):
+    """No --tta: D4 for models trained on D4-turned crops, none when a member was trained
+    without them (cpu_small: its direction is learned in the images' own orientation); an
+    asked TTA wins; configs without a data section (published models) count as D4."""
+    from geopose.inference.run import run_predict
+    from geopose.inference.tta import learned_tta
+
+    turned = tmp_path / "turned.ckpt"
+    state = torch.load(ckpts[0], weights_only=False)
+    state["hyper_parameters"]["config"]["data"]["d4"] = True
+    torch.save(state, turned)
+    ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=1, size=64)
+    runs = {"own": [ckpts[0]], "turned": [turned], "mixed": [turned, ckpts[1]]}
+    got = {
+        name: run_predict([str(m) for m in models], ds.root / "test", tmp_path / name).tta
+        for name, models in runs.items()
+    }
+    assert got == {"own": "none", "turned": "d4", "mixed": "none"}
+    asked = run_predict([str(ckpts[0])], ds.root / "test", tmp_path / "asked", tta="flip")
+    assert asked.tta == "flip"
+    assert learned_tta([{"data": {"aug": "heavy"}}, {"model": {}}]) == "d4"
+    assert learned_tta([{"data": {"aug": "none"}}]) == "none"
+    assert learned_tta([{"data": {"aug": "none", "geometric": "light"}}]) == "d4"
+    assert learned_tta([]) == "d4"

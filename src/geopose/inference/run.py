@@ -71,12 +71,17 @@ def resolve_members(
     return members, authors_tta
 
 
-def choose_tta(tta: str | None, authors_tta: str | None = None) -> str:
+def choose_tta(
+    tta: str | None, authors_tta: str | None = None, configs: Sequence[dict] = ()
+) -> str:
     """The TTA of a run: ``tta`` when given (one of :data:`TTA_MODES`, else
     :class:`~geopose.errors.ConfigError`), else the authors' of a published ensemble, else
-    :data:`DEFAULT_TTA`."""
+    the one the models' training ``configs`` suit (:func:`~geopose.inference.tta.learned_tta`:
+    :data:`DEFAULT_TTA`, or ``none`` for a model trained without D4 augmentation)."""
+    from geopose.inference.tta import learned_tta
+
     check_tta(tta)
-    return tta or authors_tta or DEFAULT_TTA
+    return tta or authors_tta or learned_tta(configs)
 
 
 def check_tta(tta: str | None) -> None:
@@ -186,7 +191,8 @@ def run_predict(
     """Predict every image of ``images_dir`` into ``out_dir``; see ``geopose predict --help``.
 
     ``models`` and ``ensemble`` (a YAML spec) give the members (:func:`resolve_members`);
-    ``tta`` None: the authors' TTA of a published ensemble, else ``d4`` (:func:`choose_tta`);
+    ``tta`` None: the authors' TTA of a published ensemble, else the models' own (``d4``, or
+    ``none`` for models trained without D4 augmentation; :func:`choose_tta`);
     ``device`` None: CUDA when available (:func:`choose_device`). These are checked first, in
     this order (one-line :class:`~geopose.errors.GeoposeError`), before anything is written.
 
@@ -208,7 +214,7 @@ def run_predict(
     """
     check_tta(tta)
     members, authors_tta = resolve_members(models, ensemble)
-    tta = choose_tta(tta, authors_tta)
+    asked = tta or authors_tta  # None: what the models were trained for, once loaded
     device = choose_device(device)
     if scene_overlap is None:
         scene_overlap = max(16, scene_tile // 8)
@@ -237,16 +243,16 @@ def run_predict(
 
         def load() -> Predictor:  # once, and only when an image needs predicting
             if not loaded:
-                loaded.append(
-                    Predictor.from_checkpoints(
-                        members,
-                        tta=tta,
-                        device=dev,
-                        max_batch=batch,
-                        tile_size=tile_size,
-                        shrink_scale=shrink_scale,
-                    )[0]
+                predictor, configs = Predictor.from_checkpoints(
+                    members,
+                    tta=asked or DEFAULT_TTA,
+                    device=dev,
+                    max_batch=batch,
+                    tile_size=tile_size,
+                    shrink_scale=shrink_scale,
                 )
+                predictor.tta = choose_tta(asked, None, configs)
+                loaded.append(predictor)
             return loaded[0]
 
         finished = [0]
@@ -290,7 +296,7 @@ def run_predict(
                 n_images=len(jobs) + len(unresolved),
                 device=str(dev),
                 members=list(members),
-                tta=tta,
+                tta=loaded[0].tta if loaded else asked or DEFAULT_TTA,
                 unresolved=unresolved,
             )
             if tar is not None:

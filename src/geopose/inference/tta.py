@@ -52,6 +52,18 @@ def tta_views(tta: str) -> tuple[View, ...]:
         raise ValueError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_VIEWS)}") from None
 
 
+def learned_tta(configs: Sequence[dict]) -> str:
+    """The TTA that suits models by their training configs: ``d4``, or ``none`` when one was
+    trained without D4 augmentation (``data.d4: false``, as ``cpu_small``): it has learned the
+    direction in the images' own orientation only, and its turned and mirrored views would
+    average the direction away (``cpu_small``: T96 score 0.58 with ``none``, 0.42 with ``d4``;
+    BENCHMARKS.md). Configs without a ``data`` section (published models) count as ``d4``."""
+    from geopose.transforms import draws_d4
+
+    trained = [c["data"] for c in configs if isinstance(c, dict) and c.get("data")]
+    return "d4" if all(draws_d4(d) for d in trained) else "none"
+
+
 # --- torch D4 on the last two (row, column) axes ------------------------------------------
 
 

@@ -281,6 +281,16 @@ LEVELS: dict[str, dict] = {
 }
 
 
+def draws_d4(data: dict) -> bool:
+    """Whether a ``data:`` config section's geometric augmentation draws D4 elements (flips,
+    transposes, quarter turns): ``data.d4`` if set, else its level's (``geometric`` or
+    ``aug``). A model trained without them has seen its images in their own orientation only."""
+    if data.get("d4") is not None:
+        return bool(data["d4"])
+    level = data.get("geometric") or data.get("aug") or "heavy"
+    return bool(LEVELS.get(level, LEVELS["heavy"])["d4"])
+
+
 @dataclass(frozen=True)
 class GeometricPlan:
     """One draw of the geometric augmentation, applied in this order: rotation ``theta``
