@@ -30,8 +30,9 @@ def predict(
     tta: str | None = typer.Option(
         None,
         "--tta",
-        help="Test-time augmentation: none, flip, d2 or d4 (default d4; a published ensemble "
-        "named by --model: the authors' own).",
+        help="Test-time augmentation: none, flip, d2 or d4 (default d4; none for a model "
+        "trained without D4 turns, as cpu_small; a published ensemble named by --model: the "
+        "authors' own).",
         show_default=False,
     ),
     shrink_scale: bool = typer.Option(
