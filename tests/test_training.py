@@ -203,6 +203,42 @@ def test_kill_and_resume_continues_exactly(data_dir, tmp_path, ema):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+class CropSides(L.Callback):
+    """The crop side of every training batch, by optimizer step."""
+
+    def __init__(self) -> None:
+        self.sides: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.sides[trainer.global_step] = int(batch["image"].shape[-1])
+
+
+def test_progressive_crops_switch_by_progress_in_workers_and_resume_exactly(data_dir, tmp_path):
+    # 3 steps per epoch, 9 steps: epochs 0 and 1 start at 0 and 1/3 of training (< 0.5, 32 px
+    # crops), epoch 2 at 2/3 (64 px). A loader process keeps its data set: the side comes with
+    # the indices. The kill after step 4 is mid-epoch 1; the resume takes the same batches.
+    over = (
+        "data.fold=null",
+        "data.samples_per_epoch=12",
+        "data.workers=1",
+        "data.crop_early=32",
+        "data.crop_early_share=0.5",
+        "train.max_steps=9",
+        "train.ckpt_every_steps=2",
+        "train.lr=1e-3",
+    )
+    full, sides = Recorder(), CropSides()
+    train(config(data_dir, *over), tmp_path / "full", callbacks=[full, sides])
+    assert sides.sides == {s: 32 if s < 6 else 64 for s in range(9)}
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config(data_dir, *over), tmp_path / "cut", callbacks=[Kill(at=4)])
+    resumed, later = Recorder(), CropSides()
+    train(config(data_dir, *over), tmp_path / "cut", resume=True, callbacks=[resumed, later])
+    assert later.sides == {s: sides.sides[s] for s in range(4, 9)}
+    for step in range(5, 10):
+        assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6)
+
+
 class StepWeights(L.Callback):
     """The raw (trained) parameters after every optimizer step."""
 

@@ -78,6 +78,8 @@ def test_override_values_are_yaml_with_number_coercion():
         ("data.zoom_range=[2, 1]", "data.zoom_range: lo 2.0 is above hi 1.0"),
         ("data.zoom_range=1.2", "data.zoom_range: expected [lo, hi]"),
         ("data.rotate_p=1.5", "data.rotate_p: 1.5 is above the maximum 1"),
+        ("data.crop_early_share=2", "data.crop_early_share: 2.0 is above the maximum 1"),
+        ("data.crop_early=8", "data.crop_early: 8 is below the minimum 32"),
         ("train.epochs=null", "train.epochs: may not be null"),
         ("data.fold=5", "data.fold: 5 is not below data.folds (5)"),
         ("optimizer.lr=1", "unknown config key 'optimizer.lr'"),

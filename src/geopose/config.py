@@ -29,6 +29,21 @@ AUG_LEVELS = ("none", "light", "heavy")
 DATA: dict[str, Opt] = {
     "root": Opt(None, "path", "data folder (competition layout) or prepared cache", nullable=True),
     "crop": Opt(512, "int", "training crop side, px (after augmentation)", min=32),
+    "crop_early": Opt(
+        None,
+        "int",
+        "crop side, px, for the first data.crop_early_share of training (null: data.crop)",
+        min=32,
+        nullable=True,
+    ),
+    "crop_early_share": Opt(
+        0.0,
+        "float",
+        "share of training (of its steps or of train.max_minutes, whichever is further along) "
+        "on data.crop_early crops, switched at epoch starts",
+        min=0,
+        max=1,
+    ),
     "batch_size": Opt(8, "int", "training batch per process", min=1),
     "val_batch_size": Opt(1, "int", "validation batch (full images)", min=1),
     "workers": Opt(4, "int", "DataLoader worker processes per training process", min=0),

@@ -164,10 +164,14 @@ def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) 
     """
     from geopose.config import resolve_config
 
-    crop = min(resolve_config(recipe, [])["data"]["crop"], s.size)
+    data = resolve_config(recipe, [])["data"]
+    early = (
+        [] if data["crop_early"] is None else [f"data.crop_early={min(data['crop_early'], s.size)}"]
+    )
     return [
         f"data.root={s.cache.resolve()}",
-        f"data.crop={crop}",
+        f"data.crop={min(data['crop'], s.size)}",
+        *early,
         f"train.max_minutes={minutes:.3f}",
         f"train.seed={s.seed}",
         "data.folds=10",

@@ -7,7 +7,9 @@ An item is the contract's dict :class:`geopose.types.Item` (``image`` float32 3Ã
 Training items are random ``crop``Ã—``crop`` windows, augmented; validation items are whole
 images, untouched. Each training item is drawn from its own seed (``(index, seed)`` pairs made
 by :class:`EpochSampler`), so a sample depends only on (base seed, epoch, position), never on
-which worker made it: runs are reproducible and resume exactly.
+which worker made it: runs are reproducible and resume exactly. A sampler may add the crop side
+(``(index, seed, crop)``) to change it during training: the crop travels with the index, so
+persistent worker processes need no message.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class GeoposeDataset(Dataset):
     """Images ``rows`` (positions in ``source.index``) of a source.
 
     ``train=True``: random ``crop`` windows through ``geometric`` then ``photometric``
-    augmentation; ``train=False``: whole images. ``dataset[i]`` or ``dataset[(i, seed)]``.
+    augmentation; ``train=False``: whole images. ``dataset[i]``, ``dataset[(i, seed)]`` or
+    ``dataset[(i, seed, crop)]`` (that item's crop side, px, instead of ``crop``).
     """
 
     def __init__(
@@ -89,8 +92,10 @@ class GeoposeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> Item:
-        i, seed = item if isinstance(item, tuple) else (item, item_seed(self.seed, 0, item))
+    def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, int]) -> Item:
+        if not isinstance(item, tuple):
+            item = (item, item_seed(self.seed, 0, item))
+        i, seed, crop = item if len(item) == 3 else (*item, self.crop)
         row = self.source.row(self.rows[i])
         handle = self.source.open(self.rows[i])
         pose = dict(angle=float(row["angle"]), scale=float(row["scale"]), gsd=float(row["gsd"]))
@@ -99,12 +104,12 @@ class GeoposeDataset(Dataset):
             return to_item(Sample(rgb, agl, **pose), int(row["city_idx"]), row["stem"])
         rng = np.random.default_rng(seed)
         plan: GeometricPlan = self.geometric.sample(rng).limited(handle.agl_max)
-        side = plan.source_side(self.crop, pose["scale"], handle.agl_max)
+        side = plan.source_side(crop, pose["scale"], handle.agl_max)
         rows, cols = handle.shape
         r0 = _start(rng, rows, side)
         c0 = _start(rng, cols, side)
         rgb, agl = handle.read(r0, c0, side, side)
-        sample = plan.apply(Sample(rgb, agl, **pose), self.crop, handle.agl_max)
+        sample = plan.apply(Sample(rgb, agl, **pose), crop, handle.agl_max)
         sample = sample.replace(rgb=self.photometric(sample.rgb, int(rng.integers(2**31))))
         return to_item(sample, int(row["city_idx"]), row["stem"])
 

@@ -188,6 +188,12 @@ class GeoposeTask(L.LightningModule):
             return 0.0
         return min(1.0, seconds / (60.0 * budget))
 
+    def progress(self, epoch: int | None = None) -> float:
+        """Share (0-1) of training done: optimizer steps over ``total_steps`` (at the start of
+        epoch ``epoch``, or now) or the share of ``train.max_minutes``, whichever is further."""
+        step = self.global_step if epoch is None else epoch * self.steps_per_epoch
+        return min(1.0, max(step / max(1, self.total_steps), self.time_done()))
+
     def _fused(self) -> bool | None:
         """Adam's fused kernel (one pass over all parameters; on one CPU thread 6 ms against
         35 ms per step for cpu_small's 3.2 M parameters, BENCHMARKS.md), except under fp16
