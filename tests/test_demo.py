@@ -130,18 +130,6 @@ def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):
     assert cfg["train"]["val_every"] == 1 and cfg["data"]["workers"] == 2
 
 
-def test_demo_crops_fit_its_images(tmp_path):
-    """Both crop sides, the late and the early (progressive crops), are cut to the image size."""
-    import geopose.demo as demo
-    from geopose.models import load_recipe
-
-    recipe = load_recipe("cpu_small")
-    recipe["data"] = {**recipe["data"], "crop_early": 96, "crop_early_share": 0.6}
-    for size, crop, early in ((256, 128, 96), (80, 80, 80)):
-        cfg = demo.train_config(demo.DemoSettings(out=tmp_path, size=size), 5.0, recipe)
-        assert (cfg["data"]["crop"], cfg["data"]["crop_early"]) == (crop, early), size
-
-
 def test_demo_tta_is_the_recipes_unless_asked_or_uniform(tmp_path):
     """cpu_small trains without D4 turns: no TTA; turned back on by --set data.d4=true; on
     uniform angles every turned view is in the training distribution: D4; --tta wins."""

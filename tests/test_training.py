@@ -213,6 +213,16 @@ class CropSides(L.Callback):
         self.sides[trainer.global_step] = int(batch["image"].shape[-1])
 
 
+@pytest.mark.parametrize(
+    ("early", "share", "side"), [("32", "0.5", 32), ("96", "0.5", 64), ("32", "0", 64)]
+)
+def test_early_crops_are_never_above_the_crop(data_dir, tmp_path, early, share, side):
+    from geopose.training.datamodule import GeoposeDataModule
+
+    cfg = config(data_dir, f"data.crop_early={early}", f"data.crop_early_share={share}")
+    assert GeoposeDataModule(cfg, tmp_path).crop_for_epoch(0) == side  # data.crop=64
+
+
 def test_progressive_crops_switch_by_progress_in_workers_and_resume_exactly(data_dir, tmp_path):
     # 3 steps per epoch, 9 steps: epochs 0 and 1 start at 0 and 1/3 of training (< 0.5, 32 px
     # crops), epoch 2 at 2/3 (64 px). A loader process keeps its data set: the side comes with

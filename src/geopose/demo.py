@@ -164,14 +164,10 @@ def train_overrides(s: DemoSettings, minutes: float, recipe: str = DEMO_RECIPE) 
     """
     from geopose.config import resolve_config
 
-    data = resolve_config(recipe, [])["data"]
-    early = (
-        [] if data["crop_early"] is None else [f"data.crop_early={min(data['crop_early'], s.size)}"]
-    )
+    crop = min(resolve_config(recipe, [])["data"]["crop"], s.size)
     return [
         f"data.root={s.cache.resolve()}",
-        f"data.crop={min(data['crop'], s.size)}",
-        *early,
+        f"data.crop={crop}",
         f"train.max_minutes={minutes:.3f}",
         f"train.seed={s.seed}",
         "data.folds=10",

@@ -181,7 +181,8 @@ class GeoposeDataModule(L.LightningDataModule):
     def crop_for_epoch(self, epoch: int) -> int:
         """Training crop side (px) in epoch ``epoch``: ``data.crop_early`` while the share of
         training done at the epoch's start (:meth:`GeoposeTask.progress`: steps, or time when
-        time-boxed) is below ``data.crop_early_share``, else ``data.crop``.
+        time-boxed) is below ``data.crop_early_share``, else ``data.crop``. The early side is
+        never above ``data.crop`` (a run that sets a smaller ``data.crop`` gets it throughout).
 
         Progressive resizing: small crops cost less per step (one CPU thread, 16 crops: 96²
         0.62 s against 128² 1.23 s), so early training takes more steps (BENCHMARKS.md).
@@ -192,7 +193,7 @@ class GeoposeDataModule(L.LightningDataModule):
             return d["crop"]
         task = self.trainer.lightning_module if self.trainer is not None else None
         done = task.progress(epoch) if hasattr(task, "progress") else 0.0
-        return d["crop_early"] if done < d["crop_early_share"] else d["crop"]
+        return min(d["crop_early"], d["crop"]) if done < d["crop_early_share"] else d["crop"]
 
     def train_dataloader(self) -> ResumableLoader:
         d = self.data
