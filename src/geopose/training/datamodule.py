@@ -186,7 +186,10 @@ class GeoposeDataModule(L.LightningDataModule):
 
         Progressive resizing: small crops cost less per step (one CPU thread, 16 crops: 96²
         0.62 s against 128² 1.23 s), so early training takes more steps (BENCHMARKS.md).
-        Without a trainer (tests, tools) training counts as not started.
+        Without a trainer (tests, tools) training counts as not started. In a time-boxed DDP
+        run each rank reads its own clock, so ranks may switch an epoch apart (DDP allows
+        batches of different sides). The heavy photometric list's holes stay sized for
+        ``data.crop``.
         """
         d = self.data
         if d["crop_early"] is None or d["crop_early_share"] <= 0:
