@@ -214,7 +214,7 @@ class CropSides(L.Callback):
 
 
 @pytest.mark.parametrize(
-    ("early", "share", "side"), [("32", "0.5", 32), ("96", "0.5", 64), ("32", "0", 64)]
+    ("early", "share", "side"), [("32", "0.5", 32), ("96", "0.5", 64), ("null", "0", 64)]
 )
 def test_early_crops_are_never_above_the_crop(data_dir, tmp_path, early, share, side):
     from geopose.training.datamodule import GeoposeDataModule

@@ -80,6 +80,8 @@ def test_override_values_are_yaml_with_number_coercion():
         ("data.rotate_p=1.5", "data.rotate_p: 1.5 is above the maximum 1"),
         ("data.crop_early_share=2", "data.crop_early_share: 2.0 is above the maximum 1"),
         ("data.crop_early=8", "data.crop_early: 8 is below the minimum 32"),
+        ("data.crop_early=96", "set both (a side in px and a share above 0) or neither"),
+        ("data.crop_early_share=0.5", "set both (a side in px and a share above 0) or neither"),
         ("train.epochs=null", "train.epochs: may not be null"),
         ("data.fold=5", "data.fold: 5 is not below data.folds (5)"),
         ("optimizer.lr=1", "unknown config key 'optimizer.lr'"),

@@ -237,6 +237,11 @@ def check_config(cfg: dict) -> dict:
     d = cfg["data"]
     if d["fold"] is not None and d["fold"] >= d["folds"]:
         raise ConfigError(f"data.fold: {d['fold']} is not below data.folds ({d['folds']})")
+    if (d["crop_early"] is None) != (d["crop_early_share"] == 0):
+        raise ConfigError(  # one without the other would silently do nothing
+            "data.crop_early and data.crop_early_share: set both (a side in px and a share "
+            f"above 0) or neither; got {d['crop_early']} and {d['crop_early_share']}"
+        )
     return cfg
 
 

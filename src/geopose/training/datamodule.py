@@ -192,7 +192,7 @@ class GeoposeDataModule(L.LightningDataModule):
         ``data.crop``.
         """
         d = self.data
-        if d["crop_early"] is None or d["crop_early_share"] <= 0:
+        if d["crop_early"] is None:  # the config sets both or neither
             return d["crop"]
         task = self.trainer.lightning_module if self.trainer is not None else None
         done = task.progress(epoch) if hasattr(task, "progress") else 0.0
