@@ -187,6 +187,25 @@ def test_time_box_probes_the_prediction_speed_near_the_end(monkeypatch):
     assert probes == [1078.0] and box.load() == 3.0 and vt.now == 1078.0
 
 
+def test_time_box_corrects_a_calibration_taken_in_a_load_spike(monkeypatch):
+    vt = VirtualTime()
+    monkeypatch.setattr(demo, "time", vt)
+    # The calibration timed the prediction at 5 s and reserved 100 s after training; near the
+    # end the probe predicts in 1 s: the machine is 5 times faster than when calibrated.
+    box = demo.TrainTimeBox(
+        2100.0, post=lambda load: 100.0 * load, probe=lambda: 1.0, probe_seconds=5.0
+    )
+    box.start(vt.now)
+    stopped = False
+    while not stopped:  # 1 s steps
+        vt.now += 1.0
+        stopped = box.batch_end(vt.now)
+    # Load 0.2: a step and 20 s are needed, so training runs to 2079 s (virtual time starts at
+    # 1000); with the reserve cut only by half (a floor of 0.5) it stopped at 2049.
+    assert box.load() == demo.LOAD_RANGE[0] == 0.2
+    assert vt.now == 2079.0
+
+
 def test_tta_planner_follows_the_measured_speed_but_not_the_warm_up():
     costs = demo.PostCosts(view=0.1, image=0.0, rectify=0.0, figure=0.0, read=0.0, load=0.0)
     # 10 images left, 20 s, evaluate/rectify/report 4 s: d4 (8 s) fits at the measured speed.

@@ -35,6 +35,11 @@ TTA_ORDER = ("d4", "d2", "flip", "none")
 """TTA modes from the most views to the fewest: the fallbacks of a late prediction."""
 END_OF_TRAINING_SECONDS = 2.0
 """Seconds (at the calibration load) from the stop of training to its summary on disk."""
+LOAD_RANGE = (0.2, 10.0)
+"""Bounds of a measured slowdown against the calibration. The low one lets a calibration taken
+in a load spike be corrected: on a 2-core Xeon one timed the prediction 6.6× slower than the
+probe near the end of training did, and a floor of 0.5 left 1.5 of the 10 minutes unused
+(BENCHMARKS.md, Demo, round 16)."""
 MAX_REPORT_FIGURES_SHOWN = 3
 """The report's ``n_show``: the worst and the best images shown with figures."""
 
@@ -474,7 +479,7 @@ class TrainTimeBox:
     what is needed would not fit) ``probe()`` re-times a prediction and
     ``load = probe() / probe_seconds``; before that, how much slower the training steps have
     become since they began (median of the last 3 step times over that of steps 2-4; 1 until
-    5 steps, and within -20 %/+25 %: noise). Kept in [0.5, 10]. ``val_seconds`` is an estimate
+    5 steps, and within -20 %/+25 %: noise). Kept in ``LOAD_RANGE``. ``val_seconds`` is an estimate
     until a validation is timed.
     """
 
@@ -499,7 +504,7 @@ class TrainTimeBox:
             ratio = 1.0 if 0.8 <= ratio <= 1.25 else ratio
         else:
             ratio = 1.0
-        return min(max(ratio, 0.5), 10.0)
+        return min(max(ratio, LOAD_RANGE[0]), LOAD_RANGE[1])
 
     def start(self, now: float) -> None:
         """Training starts (its first step's time runs from here)."""
@@ -611,7 +616,11 @@ class TtaPlanner:
         if not self.views:
             return self.costs.view * self.load, self.costs.image * self.load, self.load
         view = self._typical(self.views)
-        load = min(max(view / self.costs.view, 0.5), 10.0) if self.costs.view > 0 else 1.0
+        load = (
+            min(max(view / self.costs.view, LOAD_RANGE[0]), LOAD_RANGE[1])
+            if self.costs.view > 0
+            else 1.0
+        )
         return view, self._typical(self.images), load
 
     def done(self, tta: str, model_seconds: float, image_seconds: float) -> None:
