@@ -38,10 +38,18 @@ END_OF_TRAINING_SECONDS = 2.0
 LOAD_RANGE = (0.2, 10.0)
 """Bounds of a measured slowdown against the calibration. The low one lets a calibration taken
 in a load spike be corrected: on a 2-core Xeon one timed the prediction 6.6× slower than the
-probe near the end of training did, and a floor of 0.5 left 1.5 of the 10 minutes unused
-(BENCHMARKS.md, Demo, round 16)."""
+probe near the end of training did; with a floor of 0.5, half (75 s) of its inflated 151 s
+reserve stayed where the steps after training took 32 s, and the demo ended at 8.5 of its 10
+minutes (BENCHMARKS.md, Demo, round 16)."""
+
+
 MAX_REPORT_FIGURES_SHOWN = 3
 """The report's ``n_show``: the worst and the best images shown with figures."""
+
+
+def clamp_load(ratio: float) -> float:
+    """A measured slowdown (time now / time at the calibration), kept in ``LOAD_RANGE``."""
+    return min(max(ratio, LOAD_RANGE[0]), LOAD_RANGE[1])
 
 
 def clock() -> float:
@@ -504,7 +512,7 @@ class TrainTimeBox:
             ratio = 1.0 if 0.8 <= ratio <= 1.25 else ratio
         else:
             ratio = 1.0
-        return min(max(ratio, LOAD_RANGE[0]), LOAD_RANGE[1])
+        return clamp_load(ratio)
 
     def start(self, now: float) -> None:
         """Training starts (its first step's time runs from here)."""
@@ -616,11 +624,7 @@ class TtaPlanner:
         if not self.views:
             return self.costs.view * self.load, self.costs.image * self.load, self.load
         view = self._typical(self.views)
-        load = (
-            min(max(view / self.costs.view, LOAD_RANGE[0]), LOAD_RANGE[1])
-            if self.costs.view > 0
-            else 1.0
-        )
+        load = clamp_load(view / self.costs.view) if self.costs.view > 0 else 1.0
         return view, self._typical(self.images), load
 
     def done(self, tta: str, model_seconds: float, image_seconds: float) -> None:
