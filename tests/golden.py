@@ -21,9 +21,10 @@ FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
 _FEATURES = {"channels": 16, "upsample": "features"}
-_SMALL = {  # cpu_small as it was before rounds 5 and 6 of the demo (issue 18)
+_SMALL = {  # cpu_small as it was before rounds 5, 6 and 17 of the demo (issue 18)
     "encoder": "resnet18",
     "pretrained": False,
+    "input_stride": 1,
     "encoder_kwargs": {"out_indices": [0, 1, 2, 3, 4]},
     "decoder": {"kind": "unet", "channels": [128, 64, 32, 16], "output_stride": 2},
     "agl": _FEATURES,

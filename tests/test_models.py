@@ -180,6 +180,33 @@ def test_head_upsampling_the_output_convolves_at_the_decoder_stride():
         create_model("cpu_small", agl={"upsample": "nearest"})
 
 
+def test_input_stride_reads_the_image_area_averaged():
+    """With ``input_stride`` 2 the network sees 2×2 block means: a pattern that keeps every
+    block's mean changes nothing (it does at stride 1), and outputs keep the input's size."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 64, 96) * 0.5 + 0.25
+    sign = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 48)  # zero mean per 2×2 block
+    patterned = image + 0.2 * sign
+    gsd = torch.tensor([0.3])
+    for stride, same in ((2, True), (1, False)):
+        torch.manual_seed(1)
+        model = create_model("cpu_small", input_stride=stride).eval()
+        with torch.no_grad():
+            a, b = model(image, gsd), model(patterned, gsd)
+        assert torch.allclose(a.agl, b.agl, atol=1e-5) is same, stride
+        assert torch.allclose(a.ramp, b.ramp, atol=1e-6) is same, stride
+    assert model.divisor * 2 == create_model("cpu_small", input_stride=2).divisor
+    odd = create_model("cpu_small", input_stride=2).eval()
+    with torch.no_grad():
+        out = odd(torch.rand(2, 3, 70, 45), torch.tensor([0.3, 0.5]))
+    assert out.agl.shape == (2, 1, 70, 45) and out.facade.shape == (2, 1, 70, 45)
+    assert out.direction.shape == (2, 2) and out.scale.shape == (2,)
+    with pytest.raises(ConfigError, match="input_stride: 3 is not a power of 2"):
+        create_model("cpu_small", input_stride=3)
+    with pytest.raises(ConfigError, match="input_stride"):
+        create_model("cpu_small", input_stride=0)
+
+
 def test_head_depth_and_dilation_widen_its_context_exactly():
     from geopose.models.heads import DenseHead
 

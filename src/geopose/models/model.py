@@ -69,10 +69,12 @@ class GeoposeModel(nn.Module):
     """Encoder + UNet decoder + geopose heads, built from a ``model:`` config section.
 
     ``forward(image B×3×H×W in [0, 1], gsd B (m/px), city B long or None)`` ->
-    :class:`GeoposeOutput`. Any H, W work: the image is padded (reflect) to a multiple of the
-    encoder stride (32) and the outputs are cropped back. The dense heads give AGL (and MAG,
-    flow, ramp maps when configured); the pose heads of ``geopose.models.pose`` the direction
-    and scale.
+    :class:`GeoposeOutput`. Any H, W work: the image is padded (reflect) to a multiple of
+    :attr:`divisor` and the outputs are cropped back. With ``input_stride`` s > 1 the encoder
+    reads the image area-averaged by s (s² times fewer pixels to convolve, s times the context
+    per receptive field) and the dense heads upsample their outputs by s more. The dense heads
+    give AGL (and MAG, flow, ramp maps when configured); the pose heads of
+    ``geopose.models.pose`` the direction and scale.
     """
 
     def __init__(self, cfg: dict | None = None) -> None:
@@ -91,7 +93,10 @@ class GeoposeModel(nn.Module):
             output_stride=dec["output_stride"],
             kind=dec["kind"],
         )
-        ch, stride = self.decoder.out_channels, self.decoder.output_stride
+        self.input_stride = int(c["input_stride"])
+        if self.input_stride & (self.input_stride - 1):
+            raise ConfigError(f"model.input_stride: {self.input_stride} is not a power of 2")
+        ch, stride = self.decoder.out_channels, self.decoder.output_stride * self.input_stride
         for name, out_channels in DENSE_HEADS.items():  # None: no such head
             opts = {k: v for k, v in (c[name] or {}).items() if k not in RAMP_FIT}
             head = DenseHead(ch, stride, out_channels, **opts) if c[name] is not None else None
@@ -112,8 +117,9 @@ class GeoposeModel(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Input sizes that need no padding are multiples of this (px)."""
-        return self.encoder.output_stride
+        """Input sizes that need no padding are multiples of this (px): the encoder's stride
+        times ``input_stride``."""
+        return self.encoder.output_stride * self.input_stride
 
     def forward(
         self,
@@ -125,7 +131,7 @@ class GeoposeModel(nn.Module):
         h, w = image.shape[2], image.shape[3]
         gsd = self._gsd(gsd, image)
         x = self._pad((image - self.mean) / self.std)
-        feats = self.encoder(x)
+        feats = self.encoder(F.avg_pool2d(x, self.input_stride) if self.input_stride > 1 else x)
         dec = self.decoder(feats)
         dense = {n: self._dense(n, dec, gsd, city, h, w) for n in DENSE_HEADS}
         ctx = PoseContext(feats, dec, (x.shape[2], x.shape[3]), gsd, city, **dense, **self._fits)

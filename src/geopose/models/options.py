@@ -94,6 +94,9 @@ MODEL: dict[str, Opt | Section] = {
     "encoder": Opt("resnet34", "str", "timm model name"),
     "pretrained": Opt(False, "bool", "start from timm's ImageNet weights"),
     "encoder_kwargs": Opt({}, "mapping", "more keyword arguments of timm.create_model"),
+    "input_stride": Opt(
+        1, "int", "the encoder reads the image area-averaged by this (a power of 2)", min=1
+    ),
     "decoder": Section(
         {
             "kind": Opt("unet", "str", "decoder block", choices=tuple(BLOCKS)),
