@@ -5,8 +5,8 @@ The ONNX graph has inputs ``image`` (B×3×H×W float32 in [0, 1]), ``gsd`` (B f
 ``city`` (B int64, -1 = unknown; inputs a model does not use may be absent from the graph) and
 outputs ``agl`` (m), ``mag`` (px), ``direction`` (unit), ``scale`` (px/m) and, for models with a
 flow head, ``flow`` (px), with a ramp head ``ramp`` (m/px), with a facade head ``facade``
-(logits). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples of the encoder
-stride (32 for most, 16 for ``cpu_small``: ``model.divisor``).
+(logits). Batch is dynamic; with ``dynamic=True`` H and W are dynamic multiples of
+``model.divisor`` (the encoder stride times ``input_stride``: 32 for every built-in recipe).
 
 :func:`export_model` is ``geopose export``: any model geopose runs -> ONNX, checked.
 """
