@@ -120,6 +120,7 @@ def test_the_defaults_are_the_ones_before_the_schema():
         "encoder": "resnet34",
         "pretrained": False,
         "encoder_kwargs": {},
+        "input_stride": 1,  # added with issue 18, round 17 (the image as it is)
         "decoder": {"kind": "unet", "channels": [256, 128, 64, 32], "output_stride": 4},
         "agl": {**dense, "gsd": "concat", "gsd_ref": 0.3},
         "mag": dense,
