@@ -125,6 +125,13 @@ def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):
         assert cfg["data"]["workers"] == workers, cores
         assert cfg["data"]["folds"] == 10 and cfg["train"]["val_every"] == 4
         assert cfg["train"]["max_minutes"] == 5.0
+    # The minutes end it: the epochs never do, and the learning rate decays with the time.
+    assert cfg["train"]["epochs"] == demo.UNBOUNDED_EPOCHS
+    from geopose.training.task import lr_factor
+
+    # Step 2200 (the recipe's 100 epochs of 22 steps) half-way through the time: half-way
+    # down the cosine, not at its end.
+    assert 0.45 < lr_factor(2200, cfg["train"], 22, 22 * cfg["train"]["epochs"], 0.5) < 0.55
     s = demo.DemoSettings(out=tmp_path / "d", overrides=["train.val_every=1", "data.workers=2"])
     cfg = demo.train_config(s, 5.0)
     assert cfg["train"]["val_every"] == 1 and cfg["data"]["workers"] == 2
