@@ -31,7 +31,7 @@ def _run(cfg: dict):
 
 
 def test_every_kind_is_registered_and_builds():
-    assert list(DIRECTION_HEADS) == ["pooled", "dense_attention", "flow", "ramp"]
+    assert list(DIRECTION_HEADS) == ["pooled", "dense_attention", "flow", "ramp", "ramp_pooled"]
     assert list(SCALE_HEADS) == ["lstsq", "regress", "flow", "ramp"]
     for d in DIRECTION_HEADS:
         for s in SCALE_HEADS:
