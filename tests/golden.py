@@ -21,10 +21,11 @@ FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
 _FEATURES = {"channels": 16, "upsample": "features"}
-_SMALL = {  # cpu_small as it was before rounds 5, 6 and 17 of the demo (issue 18)
+_SMALL = {  # cpu_small as it was before rounds 5, 6, 17 and 18 of the demo (issue 18)
     "encoder": "resnet18",
     "pretrained": False,
     "input_stride": 1,
+    "direction": {"kind": "ramp"},
     "encoder_kwargs": {"out_indices": [0, 1, 2, 3, 4]},
     "decoder": {"kind": "unet", "channels": [128, 64, 32, 16], "output_stride": 2},
     "agl": _FEATURES,
@@ -34,7 +35,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "baseline": ("baseline", {}),  # pooled direction, lstsq scale, unet
     "bloodaxe_b6_rdtsc": ("bloodaxe_b6_rdtsc", {}),  # dense attention, residual deconv
     "bloodaxe_b7": ("bloodaxe_b7", {}),  # regress scale with divide, agl gsd both
-    "cpu_small": ("cpu_small", {}),  # ramp direction, regress scale, city cues
+    "cpu_small": ("cpu_small", {}),  # ramp + pooled direction, regress scale, city cues
     "kbrodt": ("kbrodt", {}),  # pooled direction with gsd + city
     "selim": ("selim", {}),  # tf_efficientnetv2_l
     "flow_pose": (  # direction and scale from a dense flow head
