@@ -92,7 +92,7 @@ def test_override_values_are_yaml_with_number_coercion():
             "model.direction: unknown key(s) ['hiden']; did you mean hidden?",
         ),
         ("model.direction.kind=pooledd", "model.direction.kind: 'pooledd' is not one of"),
-        ("model.direction.kind=pooledd", "; did you mean pooled?"),
+        ("model.direction.kind=pooledd", "; did you mean pooled, ramp_pooled?"),
         ("model.scale.kind=flow", "model.scale.kind 'flow' needs a flow head (model.flow: {...})"),
         ("model.scale.hidden=0", "model.scale.hidden: 0 is below the minimum 1"),
         ("model.agl.gsd_ref=0", "model.agl.gsd_ref: 0.0 must be > 0"),
