@@ -18,6 +18,7 @@ from geopose.models import GeoposeLoss, create_model
 from geopose.models.heads import agl_gradient, facade_mask, ramp_pose, ramp_target
 from geopose.models.pose import PoseContext
 from geopose.synth import make_scene, render
+from geopose.types import GeoposeOutput
 
 TINY_RAMP = {
     "encoder": "resnet18",
@@ -298,3 +299,49 @@ def test_ramp_pooled_without_ramps_trains_with_finite_gradients():
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     norm = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
     assert math.isfinite(norm) and norm < 1e4, norm  # 1/|v| at v = 0 would be ~1e12 per element
+
+
+@pytest.mark.parametrize("ramp_input", [True, False])
+def test_ramp_pooled_with_the_fit_as_input_learns_a_bias_per_pass(ramp_input):
+    """One city, three passes whose facades the fit reads off by the biases a demo's model had
+    on Argentina's passes (-24°, +17°, -13°; BENCHMARKS.md, round 19), on images whose pooled
+    features tell nothing: the correction can undo the three biases only when the fit's
+    direction is one of its inputs (``ramp_input``); without it one vector is added to all
+    three (which can undo any two biases, not three)."""
+    cfg = {
+        **TINY_RAMP,
+        "direction": {"kind": "ramp_pooled", "city": True, "hidden": 32, "ramp_input": ramp_input},
+        "scale": {"kind": "regress", "hidden": 8},
+    }
+    torch.manual_seed(0)
+    head = create_model(cfg).direction_head
+    true_deg, fit_deg = torch.tensor([35.0, 165.0, 250.0]), torch.tensor([11.0, 182.0, 237.0])
+
+    def vec(deg: torch.Tensor) -> torch.Tensor:
+        r = torch.deg2rad(deg)
+        return torch.stack([torch.sin(r), torch.cos(r)], dim=1)
+
+    feats = [torch.zeros(3, 512, 2, 2)]  # the pooled features tell nothing
+    ctx_args = {"dec": None, "pad_hw": (64, 64), "gsd": torch.full((3,), 0.3)}
+    ctx_args.update(city=torch.zeros(3, dtype=torch.long), agl=torch.zeros(3, 1, 64, 64))
+
+    def direction() -> torch.Tensor:
+        ctx = PoseContext(feats=feats, **ctx_args)
+        ctx._fits["ramp"] = (vec(fit_deg), torch.ones(3))
+        return head(ctx)
+
+    loss = GeoposeLoss({"direction": {"weight": 1.0}, "agl": None, "mag": None, "scale": None})
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        out = GeoposeOutput(None, None, direction(), None)
+        loss(out, {"direction": vec(true_deg)})[0].backward()
+        opt.step()
+    d = direction().detach()
+    errors = [
+        _angle_error_deg(math.atan2(*d[i].tolist()), math.radians(true_deg[i])) for i in range(3)
+    ]
+    if ramp_input:
+        assert max(errors) < 2.0, errors
+    else:
+        assert max(errors) > 10.0, errors

@@ -147,7 +147,8 @@ class DenseHead(nn.Module):
 
 
 class PooledMLP(nn.Module):
-    """Global average pool of the deepest encoder map (+ GSD/city cues) -> MLP -> ``out`` values."""
+    """Global average pool of the deepest encoder map (+ GSD/city cues, + ``extra`` values per
+    image) -> MLP -> ``out`` values."""
 
     def __init__(
         self,
@@ -160,23 +161,33 @@ class PooledMLP(nn.Module):
         gsd: bool,
         gsd_ref: float,
         city: bool,
+        extra: int = 0,
     ) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         self.gsd, self.gsd_ref, self.city = bool(gsd), float(gsd_ref), bool(city)
-        in_ch = in_channels + self.gsd + N_CITIES * self.city
+        self.extra = int(extra)
+        in_ch = in_channels + self.gsd + N_CITIES * self.city + self.extra
         self.mlp = nn.Sequential(
             nn.Linear(in_ch, hidden), act(), nn.Dropout(dropout), nn.Linear(hidden, out)
         )
 
     def forward(
-        self, feat: torch.Tensor, gsd: torch.Tensor | None = None, city: torch.Tensor | None = None
+        self,
+        feat: torch.Tensor,
+        gsd: torch.Tensor | None = None,
+        city: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``feat`` B×C×h×w, ``gsd`` B (m/px), ``city`` B (long, -1 unknown), ``extra``
+        B×``extra`` (when the MLP was built with extra inputs) -> B×``out``."""
         v = [feat.mean(dim=(2, 3))]
         if self.gsd:
             v.append(gsd_feature(gsd, self.gsd_ref).to(feat.dtype))
         if self.city:
             v.append(city_one_hot(city, feat.shape[0], feat))
+        if self.extra:
+            v.append(extra.to(feat.dtype))
         return self.mlp(torch.cat(v, dim=1))
 
 

@@ -136,6 +136,9 @@ MODEL: dict[str, Opt | Section] = {
             "channels": Opt(64, "int", "dense_attention: field channels", min=1),
             "beta": Opt(1.0, "float", "dense_attention: initial softmax sharpness, 1/m", gt=0),
             "detach_agl": _DETACH_AGL,
+            "ramp_input": Opt(
+                False, "bool", "ramp_pooled: the fit's direction is an input of the MLP too"
+            ),
         },
         "image-level direction",
     ),

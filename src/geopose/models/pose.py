@@ -114,9 +114,9 @@ DIRECTION_HEADS: Registry[type[PoseHead]] = Registry("model.direction.kind")
 SCALE_HEADS: Registry[type[PoseHead]] = Registry("model.scale.kind")
 
 
-def _mlp(cfg: Mapping[str, Any], bottleneck: int, out: int, gsd: bool) -> PooledMLP:
+def _mlp(cfg: Mapping[str, Any], bottleneck: int, out: int, gsd: bool, extra: int = 0) -> PooledMLP:
     keys = ("hidden", "activation", "dropout", "gsd_ref", "city")
-    return PooledMLP(bottleneck, out, gsd=gsd, **{k: cfg[k] for k in keys})
+    return PooledMLP(bottleneck, out, gsd=gsd, extra=extra, **{k: cfg[k] for k in keys})
 
 
 @DIRECTION_HEADS.register("pooled")
@@ -197,7 +197,8 @@ class RampPooledDirection(PoseHead):
 
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)
-        self.mlp = _mlp(cfg, bottleneck, 2, bool(cfg["gsd"]))
+        self.ramp_input = bool(cfg["ramp_input"])
+        self.mlp = _mlp(cfg, bottleneck, 2, bool(cfg["gsd"]), extra=2 * self.ramp_input)
         last = self.mlp.mlp[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -205,7 +206,8 @@ class RampPooledDirection(PoseHead):
 
     def forward(self, ctx: PoseContext) -> torch.Tensor:
         ramp = ctx.ramp_pose()[0].detach()
-        v = ramp + self.mlp(ctx.feats[-1], ctx.gsd, ctx.city).to(ramp.dtype)
+        extra = ramp if self.ramp_input else None
+        v = ramp + self.mlp(ctx.feats[-1], ctx.gsd, ctx.city, extra).to(ramp.dtype)
         # A sum shorter than MIN_TRAINED_NORM (no ramps and a small correction, or the two
         # cancelling) has a direction that is noise and a normalisation gradient of 1/|v|: it
         # passes none. No ramps and no correction stays (0, 0), "unknown", as the fit's answer.
