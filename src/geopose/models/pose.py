@@ -189,7 +189,9 @@ class RampPooledDirection(PoseHead):
     own loss) and the MLP's last layer starts at zero, so the head begins as ``ramp`` and
     ``loss.direction`` trains the correction: where a city's few satellite passes recur, it
     can learn the pass that the facades leave in doubt; its length is how far it is trusted
-    (``cpu_small``: +0.015 on 96 test images over 3 seeds; BENCHMARKS.md, Demo, round 18)."""
+    (``cpu_small``: +0.015 on 96 test images over 3 seeds; BENCHMARKS.md, Demo, round 18).
+    ``ramp_input``: the fit's direction is an input of the MLP too, so the correction can
+    depend on the pass, e.g. undo a bias of the fit per pass (a tie in the demo, round 19)."""
 
     requires = ("ramp",)
     MIN_TRAINED_NORM: ClassVar[float] = 0.1
