@@ -147,6 +147,45 @@ def test_loss_decreases_and_the_run_folder_is_complete(data_dir, tmp_path):
     assert saved["train"]["max_steps"] == 24 and saved["model"] == cfg["model"]
 
 
+class GradNorms(L.Callback):
+    """The gradients' total norm as the optimizer stepped with them (read before they are
+    zeroed for the next step, i.e. after clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            self.norms.append(
+                float(
+                    torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                    )
+                )
+            )
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adam_trains_with_clipped_gradients(data_dir, tmp_path, precision):
+    """Every precision a CPU or GPU run picks trains with the fused AdamW and clips the
+    gradients to ``train.grad_clip`` (Lightning refuses to clip a fused optimizer under
+    bf16-mixed; geopose clips there itself)."""
+    clip = 1e-3  # far below the gradients' norm (0.3-30), so every step is clipped
+    cfg = config(
+        data_dir,
+        "data.fold=null",
+        "train.max_steps=3",
+        f"train.precision={precision}",
+        f"train.grad_clip={clip}",
+    )
+    norms = GradNorms()
+    summary = train(cfg, tmp_path / "run", callbacks=[norms])
+    assert summary["global_step"] == 3
+    assert len(norms.norms) >= 2  # the grads of steps 1 and 2, seen before the next zeroing
+    assert all(0 < n <= clip * 1.001 for n in norms.norms), norms.norms
+
+
 def test_validation_score_and_best_checkpoints(data_dir, tmp_path):
     cfg = config(
         data_dir,

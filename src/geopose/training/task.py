@@ -194,13 +194,34 @@ class GeoposeTask(L.LightningModule):
         step = self.global_step if epoch is None else epoch * self.steps_per_epoch
         return min(1.0, max(step / max(1, self.total_steps), self.time_done()))
 
+    def _precision(self) -> str:
+        """The trainer's precision (``32-true``, ``bf16-mixed``, ``16-mixed``...)."""
+        trainer = self._trainer
+        return str(getattr(trainer, "precision", "32-true")) if trainer is not None else ""
+
     def _fused(self) -> bool | None:
         """Adam's fused kernel (one pass over all parameters; on one CPU thread 6 ms against
         35 ms per step for cpu_small's 3.2 M parameters, BENCHMARKS.md), except under fp16
         mixed precision, whose gradient scaler cannot clip the gradients of a fused optimizer."""
-        trainer = self._trainer
-        precision = str(getattr(trainer, "precision", "32-true")) if trainer is not None else ""
-        return None if precision.startswith("16") else True
+        return None if self._precision().startswith("16") else True
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, except under bf16-mixed with the fused optimizer: Lightning
+        refuses to clip any optimizer that unscales its own gradients under mixed precision,
+        a rule made for fp16's gradient scaler; bf16 autocast has no scaler, so the gradients
+        are the true ones and are clipped here, by norm or value as the trainer says."""
+        if not gradient_clip_val or self._precision() != "bf16-mixed":
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":  # a str enum in Lightning
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+        else:
+            torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
 
     def configure_optimizers(self):
         t = self.train_cfg
