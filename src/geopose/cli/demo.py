@@ -8,13 +8,16 @@ import typer
 from rich.markup import escape
 
 from geopose.cli.app import app, console, progress_bar
+from geopose.demo import TRAIN_IMAGES
 
 
 @app.command()
 def demo(
     out: Path = typer.Argument(Path("geopose-demo"), help="Demo folder (reused when run again)."),
     minutes: float = typer.Option(10.0, "--minutes", "-m", help="Wall-clock budget, minutes."),
-    train_images: int = typer.Option(400, "--train", min=4, help="Synthetic training images."),
+    train_images: int = typer.Option(
+        TRAIN_IMAGES, "--train", min=4, help="Synthetic training images."
+    ),
     test_images: int = typer.Option(24, "--test", min=1, help="Synthetic test images."),
     size: int = typer.Option(256, "--size", min=64, help="Image side, px."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
