@@ -45,9 +45,10 @@ minutes (BENCHMARKS.md, Demo, round 16)."""
 
 TRAIN_IMAGES = 1200
 """Training images the demo renders (90 % train, 10 % validation). More than the 400 of rounds
-1-19: rendering them costs half a minute of the ten, and with three times the images the rarer
-passes of a city (Argentina's 35° pass, 23 of 400) are seen often enough to be learned
-(BENCHMARKS.md, Demo, round 20)."""
+1-19: rendering and caching them take 0.9 of the ten minutes (0.4 for 400) on a 2-core EPYC,
+and a city's rarer passes (Argentina's 35° pass: 23 images of 400) are seen three times as
+often. Float32, three seeds: +0.02 to +0.10 on the demo's own test images, +0.006 on average on
+96 others (BENCHMARKS.md, Demo, round 20)."""
 
 UNBOUNDED_EPOCHS = 1_000_000
 """The demo's ``train.epochs``: more than any budget reaches, so that the minutes end training."""
