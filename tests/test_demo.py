@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from test_metrics import reference_score
 from typer.testing import CliRunner
 
 from geopose.cli.main import app
-from geopose.errors import ConfigError
+from geopose.errors import ConfigError, OutputPathError
 from geopose.io import read_agl, read_vflow
 
 
@@ -148,3 +149,25 @@ def test_demo_tta_is_the_recipes_unless_asked_or_uniform(tmp_path):
     assert demo_tta(DemoSettings(out=tmp_path, uniform_angles=True)) == "d4"
     assert demo_tta(DemoSettings(out=tmp_path, tta="flip", uniform_angles=True)) == "flip"
     assert demo_tta(s, "baseline") == "d4"  # bench_recipes: each recipe's own
+
+
+def test_demo_refuses_to_start_without_the_disk_it_needs(tmp_path, monkeypatch):
+    """Too little free disk for the data, cache and checkpoints: one error (exit 2) naming the
+    folder and the megabytes, before anything is written; what is made already is not counted."""
+    from collections import namedtuple
+
+    from geopose import demo
+
+    s = demo.DemoSettings(out=tmp_path / "demo")
+    need = demo.disk_needed(s)
+    assert 550e6 < need < 800e6  # a 1200-image demo folder measured 588 MB
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, int(need) - 1))
+    result = CliRunner().invoke(app, ["demo", str(s.out), "--minutes", "0.3"])
+    assert isinstance(result.exception, OutputPathError)  # the CLI prints it, exits with 2
+    assert str(s.out) in str(result.exception) and "MB of disk" in str(result.exception)
+    assert not s.out.exists()
+    # rendered data is not needed again: the same demo needs less
+    s.data.mkdir(parents=True)
+    (s.data / "synth.json").write_text("{}")
+    assert demo.disk_needed(s) < need - 30e6

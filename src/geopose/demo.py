@@ -50,6 +50,13 @@ and a city's rarer passes (Argentina's 35° pass: 23 images of 400) are seen thr
 often. Float32, three seeds: +0.02 to +0.10 on the demo's own test images, +0.006 on average on
 96 others (BENCHMARKS.md, Demo, round 20)."""
 
+DATA_BYTES_PER_PIXEL, CACHE_BYTES_PER_PIXEL = 0.6, 4.9
+"""Disk per training-image pixel: the rendered set (JPEG 2000 image, AGL GeoTIFF, JSON) and its
+cache (a 1200-image 256² demo: 46 MB and 385 MB)."""
+RUN_BYTES = 170e6
+"""Disk of the training run: ``cpu_small``'s three kept checkpoints and ``last.ckpt`` (38 MB
+each), its logs."""
+
 UNBOUNDED_EPOCHS = 1_000_000
 """The demo's ``train.epochs``: more than any budget reaches, so that the minutes end training."""
 
@@ -151,14 +158,32 @@ def make_data(s: DemoSettings, log: Log, on_progress: ProgressFn | None = None) 
     )
 
 
+def cache_done(s: DemoSettings) -> bool:
+    """Whether ``s.cache`` is a finished training cache (``make_cache`` reuses it)."""
+    from geopose.data.cache import INDEX, is_cache
+
+    return is_cache(s.cache) and (s.cache / INDEX).is_file()
+
+
+def disk_needed(s: DemoSettings) -> float:
+    """Bytes the demo has still to write (the data and cache not made yet, the run), +10 %."""
+    pixels = (s.n_train + s.n_test) * s.size**2
+    need = RUN_BYTES
+    if not (s.data / "synth.json").is_file():
+        need += DATA_BYTES_PER_PIXEL * pixels
+    if not cache_done(s):
+        need += CACHE_BYTES_PER_PIXEL * pixels
+    return 1.1 * need
+
+
 def make_cache(s: DemoSettings, log: Log) -> None:
     """Convert the training images once into a memory-mapped cache (``geopose prepare``): a
     training crop is then a window read instead of a JPEG 2000 decode, which took about 14 % of
     a 2-core training step (BENCHMARKS.md, Demo, round 10). Reuses a finished cache and resumes
     an unfinished one."""
-    from geopose.data.cache import INDEX, is_cache, prepare_cache
+    from geopose.data.cache import prepare_cache
 
-    if is_cache(s.cache) and (s.cache / INDEX).is_file():
+    if cache_done(s):
         log(f"cache: reusing {s.cache}")
         return
     t0 = clock()
@@ -690,6 +715,9 @@ def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None =
     started = clock()
     train_config(s, 1.0)  # a bad --set fails here, before anything is written
     s = replace(s, tta=demo_tta(s))
+    from geopose.io import check_free_space
+
+    check_free_space(s.out, disk_needed(s), "the demo")  # before anything is written
     claim_folder(s.out)
     deadline = started + 60.0 * s.minutes
     marks = [("start", started)]

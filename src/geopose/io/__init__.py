@@ -2,6 +2,7 @@
 
 from geopose.io.atomic import (
     atomic_path,
+    check_free_space,
     check_output_dir,
     check_output_file,
     ensure_output_dir,
@@ -62,6 +63,7 @@ __all__ = [
     "agl_name",
     "agl_to_m",
     "atomic_path",
+    "check_free_space",
     "check_output_dir",
     "check_output_file",
     "city_of",

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 import zlib
@@ -109,6 +110,26 @@ def check_output_dir(path: str | Path) -> Path:
     if problem is not None:
         raise OutputPathError(path, problem)
     return path
+
+
+def check_free_space(path: str | Path, need: float, what: str) -> None:
+    """Raise :class:`OutputPathError` when the disk that ``path`` (or its nearest existing
+    folder) is on has fewer than ``need`` bytes free for ``what`` (e.g. "the demo");
+    creates nothing."""
+    path = Path(path)
+    p = path
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return  # not measurable here: the writes themselves will tell
+    if free < need:
+        raise OutputPathError(
+            path,
+            f"{what} needs about {need / 1e6:,.0f} MB of disk and {free / 1e6:,.0f} MB are free "
+            "there; free some space or choose a folder on another disk",
+        )
 
 
 def ensure_output_dir(path: str | Path) -> Path:
