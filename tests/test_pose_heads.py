@@ -139,6 +139,7 @@ def test_the_defaults_are_the_ones_before_the_schema():
             "beta": 1.0,
             "detach_agl": True,
             "ramp_input": False,  # added with issue 18, round 19 (ramp_pooled only; off)
+            "fit_grad": False,  # added with issue 18, round 21 (ramp_pooled only; off)
         },
         "scale": {
             "kind": "lstsq",

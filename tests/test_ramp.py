@@ -345,3 +345,42 @@ def test_ramp_pooled_with_the_fit_as_input_learns_a_bias_per_pass(ramp_input):
         assert max(errors) < 2.0, errors
     else:
         assert max(errors) > 10.0, errors
+
+
+@pytest.mark.parametrize("fit_grad", [True, False])
+def test_ramp_pooled_passes_the_direction_loss_to_the_ramps_only_with_fit_grad(fit_grad):
+    """Two walls of a 30° view: the fit's direction is the truth's turned by nothing, a loss
+    against a 60° truth moves the ramp map (the ramp head's output) only with ``fit_grad``."""
+    cfg = {
+        **TINY_RAMP,
+        "direction": {"kind": "ramp_pooled", "city": True, "hidden": 8, "fit_grad": fit_grad},
+        "scale": {"kind": "regress", "hidden": 8},
+    }
+    head = create_model(cfg).direction_head
+    a = math.radians(30.0)
+    v = 0.8 * torch.tensor([math.sin(a), math.cos(a)])
+    along = -v / float(v @ v)  # ∇z · v = -1 on both walls
+    across = torch.tensor([-v[1], v[0]]) * 0.5
+    ramp = torch.zeros(1, 2, 8, 8)
+    ramp[0, :, :4] = along[:, None, None]
+    ramp[0, :, 4:] = (along + across)[:, None, None]
+    ramp.requires_grad_(True)
+    ctx = PoseContext(
+        feats=[torch.zeros(1, 512, 2, 2)],
+        dec=None,
+        pad_hw=(8, 8),
+        gsd=torch.full((1,), 0.3),
+        city=torch.zeros(1, dtype=torch.long),
+        agl=torch.zeros(1, 1, 8, 8),
+        ramp=ramp,
+    )
+    d = head(ctx)
+    assert abs(math.degrees(math.atan2(*d[0].tolist())) - 30.0) < 0.5
+    loss = GeoposeLoss({"direction": {"weight": 1.0}, "agl": None, "mag": None, "scale": None})
+    b = math.radians(60.0)
+    loss(
+        GeoposeOutput(None, None, d, None),
+        {"direction": torch.tensor([[math.sin(b), math.cos(b)]])},
+    )[0].backward()
+    moved = ramp.grad is not None and float(ramp.grad.abs().max()) > 1e-6
+    assert moved == fit_grad

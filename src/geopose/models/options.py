@@ -139,6 +139,11 @@ MODEL: dict[str, Opt | Section] = {
             "ramp_input": Opt(
                 False, "bool", "ramp_pooled: the fit's direction is an input of the MLP too"
             ),
+            "fit_grad": Opt(
+                False,
+                "bool",
+                "ramp_pooled: the direction loss reaches the ramp and facade heads through the fit",
+            ),
         },
         "image-level direction",
     ),

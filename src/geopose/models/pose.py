@@ -191,7 +191,9 @@ class RampPooledDirection(PoseHead):
     can learn the pass that the facades leave in doubt; its length is how far it is trusted
     (``cpu_small``: +0.015 on 96 test images over 3 seeds; BENCHMARKS.md, Demo, round 18).
     ``ramp_input``: the fit's direction is an input of the MLP too, so the correction can
-    depend on the pass, e.g. undo a bias of the fit per pass (a tie in the demo, round 19)."""
+    depend on the pass, e.g. undo a bias of the fit per pass (a tie in the demo, round 19).
+    ``fit_grad``: the fit is not held fixed: the direction loss trains the ramp and facade
+    heads through it too (as the ``ramp`` head's does)."""
 
     requires = ("ramp",)
     MIN_TRAINED_NORM: ClassVar[float] = 0.1
@@ -200,6 +202,7 @@ class RampPooledDirection(PoseHead):
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)
         self.ramp_input = bool(cfg["ramp_input"])
+        self.fit_grad = bool(cfg["fit_grad"])
         self.mlp = _mlp(cfg, bottleneck, 2, bool(cfg["gsd"]), extra=2 * self.ramp_input)
         last = self.mlp.mlp[-1]
         nn.init.zeros_(last.weight)
@@ -207,8 +210,10 @@ class RampPooledDirection(PoseHead):
         self.uses_gsd = bool(cfg["gsd"])
 
     def forward(self, ctx: PoseContext) -> torch.Tensor:
-        ramp = ctx.ramp_pose()[0].detach()
-        extra = ramp if self.ramp_input else None
+        ramp = ctx.ramp_pose()[0]
+        if not self.fit_grad:
+            ramp = ramp.detach()
+        extra = ramp.detach() if self.ramp_input else None
         v = ramp + self.mlp(ctx.feats[-1], ctx.gsd, ctx.city, extra).to(ramp.dtype)
         # A sum shorter than MIN_TRAINED_NORM (no ramps and a small correction, or the two
         # cancelling) has a direction that is noise and a normalisation gradient of 1/|v|: it
