@@ -193,7 +193,8 @@ class RampPooledDirection(PoseHead):
     ``ramp_input``: the fit's direction is an input of the MLP too, so the correction can
     depend on the pass, e.g. undo a bias of the fit per pass (a tie in the demo, round 19).
     ``fit_grad``: the fit is not held fixed: the direction loss trains the ramp and facade
-    heads through it too (as the ``ramp`` head's does)."""
+    heads through it too (as the ``ramp`` head's does; ``cpu_small``: on uniform angles +0.05
+    on 96 test images over 3 seeds, every seed higher, a tie on clustered ones; round 21)."""
 
     requires = ("ramp",)
     MIN_TRAINED_NORM: ClassVar[float] = 0.1
