@@ -1,4 +1,5 @@
-"""geopose.runtime: freed memory is kept for reuse (no fresh pages for every activation)."""
+"""geopose.runtime: freed memory is kept for reuse (no fresh pages for every activation); worker
+processes that die give one clear error."""
 
 from __future__ import annotations
 
@@ -57,3 +58,51 @@ def test_activations_reuse_freed_memory_without_page_faults() -> None:
     assert on["applied"] is True and len(faulting) <= 2, on["faults"]  # reused
     # a user's own glibc setting wins
     assert probe("on", {"MALLOC_TRIM_THRESHOLD_": "131072"})["applied"] is False
+
+
+def test_process_map_returns_results_in_order():
+    from geopose.runtime import process_map
+
+    assert list(process_map(abs, [-3, 1, -2, 5], 2, "numbers")) == [3, 1, 2, 5]
+
+
+def test_process_map_names_the_job_when_a_worker_dies():
+    """A worker killed mid-job (here it exits at once): one GeoposeError naming the job and the
+    two usual causes, not concurrent.futures' BrokenProcessPool."""
+    from geopose.errors import GeoposeError
+    from geopose.runtime import process_map
+
+    with pytest.raises(GeoposeError, match=r"my job: a worker process ended abruptly") as err:
+        list(process_map(os._exit, [3], 1, "my job"))
+    assert "out of memory" in str(err.value) and '__name__ == "__main__"' in str(err.value)
+
+
+SCRIPT = """
+from geopose.synth import write_dataset
+write_dataset({out!r}, n_train=2, n_test=1, size=32, seed=0, workers=2)
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_that_starts_synth_workers_at_import_gets_one_clear_error(tmp_path, guarded):
+    """``write_dataset(workers=2)`` spawns workers, which import the calling script again: without
+    a ``__main__`` guard the script fails with an error that says what to do (the last line of
+    stderr), and nothing is left half-written; with the guard the same call writes the data."""
+    out = tmp_path / "DATA"
+    body = SCRIPT.format(out=str(out))
+    if guarded:
+        body = 'if __name__ == "__main__":\n' + "\n".join("    " + s for s in body.splitlines())
+    script = tmp_path / "make_data.py"
+    script.write_text(body + "\n")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    if guarded:
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "synth.json").is_file()
+    else:
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("geopose.errors.GeoposeError: synthetic data: a worker process")
+        assert '__name__ == "__main__"' in last
+        assert not (out / "synth.json").exists()

@@ -1,4 +1,5 @@
-"""Process-wide settings that make CPU work fast, applied by the layers that run models.
+"""Process-wide settings that make CPU work fast, applied by the layers that run models, and
+:func:`process_map`, the one way geopose runs work in worker processes.
 
 :func:`reuse_freed_memory`: glibc's malloc gives every block above its mmap threshold (128 KiB
 at start, rising to at most 32 MiB as such blocks are freed) fresh pages from the kernel, and
@@ -16,6 +17,10 @@ import ctypes.util
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from geopose.errors import GeoposeError
 
 MMAP_THRESHOLD = 1 << 30
 """Blocks of at least this many bytes (1 GiB) still get their own mapping."""
@@ -45,3 +50,35 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     return mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+
+
+def process_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    workers: int,
+    what: str,
+    initializer: Callable[[], None] | None = None,
+    start_method: str | None = None,
+) -> Iterator[Any]:
+    """``fn`` over ``items`` in ``workers`` processes, results in the items' order.
+
+    ``start_method``: ``"spawn"``, ``"fork"``, ... (None: the platform's default). A worker that
+    dies (killed for memory, or a calling script that starts the pool when it is imported,
+    which ``spawn`` and ``forkserver`` workers do first) raises one :class:`GeoposeError`
+    naming ``what`` and both causes, instead of ``BrokenProcessPool``.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context(start_method)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer) as pool:
+            yield from pool.map(fn, items, chunksize=1)
+    except BrokenProcessPool:
+        raise GeoposeError(
+            f"{what}: a worker process ended abruptly. Either it ran out of memory (use fewer "
+            "workers), or the calling script starts the workers when it is imported: each "
+            f"worker imports the main script ({ctx.get_start_method()!r} start), so put the "
+            'call under `if __name__ == "__main__":`, or use one worker'
+        ) from None

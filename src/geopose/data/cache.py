@@ -17,6 +17,7 @@ already converted.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -28,6 +29,7 @@ import pandas as pd
 
 from geopose.data.base import ImageHandle, ImageSource, downsample_agl, downsample_rgb
 from geopose.errors import ConfigError, GeoposeDataError, OutputExistsError
+from geopose.runtime import process_map
 from geopose.types import ProgressFn, city_index
 
 MARKER = "geopose_cache.json"
@@ -160,8 +162,6 @@ def prepare_cache(
     ``workers`` processes decode in parallel; ``on_progress("convert", done, total)`` is called
     after each image. An unfinished cache with the same settings is resumed.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from geopose.io import (
         check_output_dir,
         ensure_output_dir,
@@ -193,12 +193,11 @@ def prepare_cache(
             if on_progress is not None:
                 on_progress(CONVERT_STAGE, len(results), len(rows))
     else:
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(convert_image, row, out, downsample) for row in rows]
-            for fut in futures:
-                results.append(fut.result())
-                if on_progress is not None:
-                    on_progress(CONVERT_STAGE, len(results), len(rows))
+        convert = functools.partial(convert_image, out=out, downsample=downsample)
+        for result in process_map(convert, rows, workers, f"geopose prepare {data}"):
+            results.append(result)
+            if on_progress is not None:
+                on_progress(CONVERT_STAGE, len(results), len(rows))
     table = pd.DataFrame(results)
     write_text_atomic(out / INDEX, table.to_csv(index=False))
     size = sum(p.stat().st_size for p in out.rglob("*.npy"))

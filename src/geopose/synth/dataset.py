@@ -26,7 +26,6 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +48,7 @@ from geopose.io import (
     write_vflow,
 )
 from geopose.io.tables import METADATA_CSV, TEST_CSV, TRAIN_CSV
+from geopose.runtime import process_map
 from geopose.synth.cities import CITY_CODES, draw_geometry, get_style
 from geopose.synth.render import Rendered, render
 from geopose.synth.scene import KIND_BUILDING, KIND_WATER, make_scene, value_noise
@@ -360,11 +360,8 @@ def _run_jobs(jobs: list[_Job], workers: int, on_progress: ProgressFn | None) ->
     if workers == 1:
         collect(map(_write_image, jobs))
     else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as ex:
-            collect(ex.map(_write_image, jobs, chunksize=1))
+        what = "synthetic data"
+        collect(process_map(_write_image, jobs, workers, what, _init_worker, "spawn"))
     return rows
 
 
