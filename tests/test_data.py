@@ -179,6 +179,21 @@ def test_prepare_reports_one_progress_stage_and_its_size(data_dir, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_names_an_unreadable_image_with_any_number_of_workers(data_dir, tmp_path, workers):
+    """A truncated image: the same error naming the file whether decoded here or in worker
+    processes (the error crosses the process boundary whole, not as BrokenProcessPool)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    bad = sorted((data / "train").glob("*_RGB.j2k"))[3]
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(GeoposeDataError, match="unreadable or truncated image") as err:
+        prepare_cache(data, tmp_path / "c", split="train", workers=workers)
+    assert err.value.path == bad
+
+
 def test_downsampled_cache_adjusts_gsd_and_scale(data_dir, tmp_path):
     out = tmp_path / "half"
     prepare_cache(data_dir, out, downsample=2, split="train", workers=2)

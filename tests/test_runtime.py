@@ -106,3 +106,29 @@ def test_a_script_that_starts_synth_workers_at_import_gets_one_clear_error(tmp_p
         assert last.startswith("geopose.errors.GeoposeError: synthetic data: a worker process")
         assert '__name__ == "__main__"' in last
         assert not (out / "synth.json").exists()
+
+
+def test_geopose_errors_cross_process_boundaries_whole():
+    """What a worker raises is pickled to the parent: every error class comes back equal (same
+    type, message and fields), else the pool breaks and the file's name is lost."""
+    import pickle
+
+    from geopose.errors import (
+        ConfigError,
+        GeoposeDataError,
+        GeoposeError,
+        OutputExistsError,
+        OutputPathError,
+    )
+
+    for err in (
+        GeoposeError("plain"),
+        ConfigError("train.lr: bad"),
+        GeoposeDataError("a/b_RGB.j2k", "truncated"),
+        GeoposeDataError(None, "no file"),
+        OutputExistsError("out"),
+        OutputPathError("out", "read-only disk"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert vars(back) == vars(err)

@@ -21,6 +21,9 @@ class GeoposeDataError(GeoposeError):
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    def __reduce__(self):  # the same error when raised in a worker process
+        return type(self), (self.path, self.problem)
+
 
 class OutputExistsError(GeoposeError):
     """An output exists already and overwriting was not asked for."""
@@ -28,6 +31,9 @@ class OutputExistsError(GeoposeError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"{path}: exists already (pass --overwrite to replace it)")
+
+    def __reduce__(self):
+        return type(self), (self.path,)
 
 
 class ConfigError(GeoposeError):
@@ -44,3 +50,6 @@ class OutputPathError(GeoposeError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
