@@ -423,7 +423,7 @@ def test_torchmetric_ddp_two_processes_sum_states(tmp_path):
         join=True,
         start_method="spawn",
     )
-    got = torch.load(out_file, weights_only=False)
+    got = torch.load(out_file, weights_only=True)
     rng = np.random.default_rng(100)
     expect = _accumulate_numpy([_batch(rng) for _ in range(4)]).compute()
     assert float(got["flat"]["score"]) == pytest.approx(expect["final"], abs=1e-9)

@@ -282,7 +282,7 @@ def test_default_tta_is_the_one_the_models_were_trained_for(tmp_path, ckpts, mak
     from geopose.inference.tta import learned_tta
 
     turned = tmp_path / "turned.ckpt"
-    state = torch.load(ckpts[0], weights_only=False)
+    state = torch.load(ckpts[0], weights_only=True)
     state["hyper_parameters"]["config"]["data"]["d4"] = True
     torch.save(state, turned)
     ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=1, size=64)

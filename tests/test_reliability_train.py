@@ -64,7 +64,7 @@ def config(data_dir: Path, *overrides: str) -> dict:
 
 
 def _step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def _lasts(run: Path) -> list[str]:
@@ -148,7 +148,7 @@ def test_a_checkpoint_without_the_batch_count_still_resumes_exactly(data_dir, tm
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, run, callbacks=[Kill(at=5)])
     last = run / "checkpoints/last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt.pop("GeoposeDataModule") == {"batches_taken": 4}
     torch.save(ckpt, last)
     summary = train(cfg, run, resume=True)
@@ -163,7 +163,7 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_whole(
     train(cfg, tmp_path / "run", callbacks=[spy])
     last = tmp_path / "run/checkpoints/last.ckpt"
     before = last.read_bytes()
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     ckpt["global_step"] = 99
 
     # The process dies halfway through writing the new checkpoint's bytes to disk; the system
@@ -428,8 +428,8 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(data_dir, t
     ref = train(resolve_config(str(run / "config.yaml")), tmp_path / "ref")  # never interrupted
     assert summary["global_step"] == ref["global_step"] == STEPS
     assert summary["rank_checksums"] == ref["rank_checksums"], (summary, ref)
-    a = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "ref/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    a = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "ref/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     for k, v in b["state_dict"].items():
         assert torch.equal(a[k], v), k
     assert _lasts(run) == ["last.ckpt"] and _step(last) == STEPS

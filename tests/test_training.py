@@ -81,7 +81,7 @@ class Kill(L.Callback):
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
@@ -141,7 +141,7 @@ def test_loss_decreases_and_the_run_folder_is_complete(data_dir, tmp_path):
     # The checkpoint contract: full config in hyper_parameters, weights under model.
     from geopose.models import load_checkpoint
 
-    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["config"] == cfg
     model, saved = load_checkpoint(run / "checkpoints/last.ckpt")
     assert saved["train"]["max_steps"] == 24 and saved["model"] == cfg["model"]
@@ -226,9 +226,7 @@ def test_kill_and_resume_continues_exactly(data_dir, tmp_path, ema):
     train(config(data_dir, *over), tmp_path / "full", callbacks=[full])
     with pytest.raises(RuntimeError, match="killed"):
         train(config(data_dir, *over), tmp_path / "cut", callbacks=[Kill(at=4)])
-    ckpt = torch.load(
-        tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
+    ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     resumed = Recorder()
     summary = train(config(data_dir, *over), tmp_path / "cut", resume=True, callbacks=[resumed])
@@ -327,9 +325,7 @@ def test_ema_weights_are_checkpointed_predicted_with_and_resumable(data_dir, tmp
             tmp_path / "cut",
             callbacks=[Kill(at=2)],
         )
-    ckpt = torch.load(
-        tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
+    ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     for k in w2:
         torch.testing.assert_close(ckpt["current_model_state"][f"model.{k}"], w2[k])
@@ -372,7 +368,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"not finite\) at step 3.*last good checkpoint"):
         train(cfg, tmp_path / "run", callbacks=[poison])
     last = tmp_path / "run/checkpoints/last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2  # nothing written after the poisoned batch
     assert all(torch.isfinite(v).all() for v in _weights(last).values())
     summary = json.loads((tmp_path / "run/summary.json").read_text())

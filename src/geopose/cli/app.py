@@ -101,6 +101,34 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# --- the option of the commands that load model files -----------------------------------------
+
+TRUST_FILE = typer.Option(
+    False,
+    "--trust-file",
+    help="Load model files with full unpickling: a file can then run code. Only for a file of "
+    "your own that holds other Python objects; no published model or geopose checkpoint "
+    "needs it.",
+)
+
+
+@contextlib.contextmanager
+def model_files(trust: bool) -> Iterator[None]:
+    """Model files loaded as data (``geopose.io.checkpoint``); with ``trust`` (``--trust-file``)
+    fully unpickled, after a warning on stderr."""
+    if not trust:
+        yield
+        return
+    from geopose.io.checkpoint import trusted_files
+
+    err_console.print(
+        "[bold yellow]warning:[/] --trust-file: model files are fully unpickled and can run code",
+        highlight=False,
+    )
+    with trusted_files():
+        yield
+
+
 # --- options shared by the commands that read satellite scenes ---------------------------------
 
 _STRETCH_RE = r"^(auto|none|minmax|p\d+(\.\d*)?-\d+(\.\d*)?)$"

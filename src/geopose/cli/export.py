@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geopose.cli.app import app, console, fail
+from geopose.cli.app import TRUST_FILE, app, console, fail, model_files
 
 
 @app.command()
@@ -27,6 +27,7 @@ def export(
         True, "--check/--no-check", help="Compare with PyTorch under onnxruntime."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    trust_file: bool = TRUST_FILE,
 ) -> None:
     """Export a model to ONNX (dynamic batch and size; inputs image [0,1] B×3×H×W RGB, gsd B
     m/px, city B int64; outputs agl m, mag px, direction (sin, cos), scale px/m). A published
@@ -39,7 +40,7 @@ def export(
         spec, out = args[0], Path(args[1])
     else:
         fail("give MODEL OUT.onnx, or --model MODEL OUT.onnx")
-    with console.status(f"exporting {spec} to ONNX"):
+    with model_files(trust_file), console.status(f"exporting {spec} to ONNX"):
         report = export_model(spec, out, size=size, check=check, overwrite=overwrite)
     console.print(f"wrote {out} ({report.size_bytes / 2**20:.1f} MiB)", highlight=False)
     if report.diffs is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, fail, progress_bar
+from geopose.cli.app import TRUST_FILE, app, console, fail, model_files, progress_bar
 
 models_app = typer.Typer(
     help="The published Overhead Geopose Challenge models: list them, download them.",
@@ -20,6 +20,15 @@ def _size(entry, cached: Path | None) -> str:
     if cached is not None:
         return f"{cached.stat().st_size / 2**20:.0f} MB"
     return f"{entry.size_mb:.0f} MB" if entry.size_mb else "?"
+
+
+_STATE = {
+    None: "no",
+    "ok": "[green]yes[/]",
+    "changed": "[red]changed[/]",
+    "unrecorded": "[yellow]no record[/]",
+}
+"""The cached column by :func:`geopose.models.zoo.catalog.cache_state` (sizes only)."""
 
 
 def _host(entry) -> str:
@@ -40,7 +49,9 @@ def models(
 ) -> None:
     """List the published models (name, family, score, size, source, licence, cached) and the
     authors' ensembles. Use a name with `predict --model`, `export --model` or
-    `train --init-from` once downloaded."""
+    `train --init-from` once downloaded. The cached column compares sizes with the download
+    records only ("changed": re-download with `geopose models download NAME --force`); the
+    files are hashed when they are used."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -64,7 +75,7 @@ def models(
             _size(e, cached),
             escape(_host(e)),
             escape(e.licence.split(" ", 1)[0]),
-            "[green]yes[/]" if cached is not None else "no",
+            _STATE[catalog.cache_state(e.name)],
         )
     console.print(table)
     ens = Table(title="The authors' submissions (ensembles)", title_justify="left")
@@ -94,16 +105,27 @@ def download(
         help="A file you downloaded by hand (the model file, the zip holding it, or a folder): "
         "copied into the cache. The only way for weights behind a login page (baseline).",
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Delete the cached files (and their download records) first and download them "
+        "again; with --file, replace them with the file.",
+    ),
     timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Network timeout, seconds."),
+    trust_file: bool = TRUST_FILE,
 ) -> None:
     """Download published models into the cache (resumable: re-run after an interruption;
-    files appear only when complete). An ensemble name downloads all its members."""
+    files appear only when complete). An ensemble name downloads all its members. Each file's
+    SHA-256 is recorded, and checked each time the file is used."""
     from geopose.models.zoo import catalog
 
     entries = [m for name in names for m in catalog.members_of(name)]
     if file is not None and len(entries) != 1:
         fail(f"--file goes with one model name, got {len(entries)} ({', '.join(entries)})")
-    with progress_bar(transfer=True) as on_progress:
+    if force and file is None:  # all first: members of one archive share its download
+        for name in dict.fromkeys(entries):
+            catalog.remove_cached(name)
+    with model_files(trust_file), progress_bar(transfer=True) as on_progress:
         for name in dict.fromkeys(entries):
             path = catalog.fetch(name, on_progress=on_progress, local_file=file, timeout=timeout)
             console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)

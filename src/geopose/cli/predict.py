@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console, err_console, fail, progress_bar, scene_options
+from geopose.cli.app import (
+    TRUST_FILE,
+    app,
+    console,
+    err_console,
+    fail,
+    model_files,
+    progress_bar,
+    scene_options,
+)
 
 
 @app.command()
@@ -100,6 +109,7 @@ def predict(
     scene_tile: int = typer.Option(
         1024, "--scene-tile", min=64, help="Tile side (px) of scene prediction."
     ),
+    trust_file: bool = TRUST_FILE,
 ) -> None:
     """Predict AGL, angle and scale for every image of a folder.
 
@@ -116,7 +126,10 @@ def predict(
 
     band_list, stretch = scene_options(bands, stretch)
     main = distributed.env_info().is_main
-    with progress_bar({"images": "predicting"}, disable=not main) as on_progress:
+    with (
+        model_files(trust_file),
+        progress_bar({"images": "predicting"}, disable=not main) as on_progress,
+    ):
         report = run_predict(
             [*(checkpoints or []), *(model or [])],
             images,

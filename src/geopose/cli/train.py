@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from geopose.cli.app import app, console
+from geopose.cli.app import TRUST_FILE, app, console, model_files
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -36,6 +36,7 @@ def train(
         "recipe's model section.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    trust_file: bool = TRUST_FILE,
 ) -> None:
     """Train a model on a data folder or a prepared cache.
 
@@ -64,7 +65,8 @@ def train(
         f"training [bold]{escape(str(name))}[/] on {escape(str(root))} -> {escape(str(plan.out))}",
         highlight=False,
     )
-    summary = plan.train()
+    with model_files(trust_file):  # --init-from's model is read when the training starts
+        summary = plan.train()
     score = summary["best_score"]
     best = (
         f", best val score {score:.4f} ({escape(str(summary['best_checkpoint']))})" if score else ""

@@ -35,7 +35,7 @@ def resolve_spec(spec: str | Path) -> Path:
         return path
     name = str(spec)
     if name in catalog.CATALOG:
-        cached = catalog.cached_path(name)
+        cached = catalog.verified_path(name)  # its hash checked against the download record
         if cached is None:
             raise GeoposeDataError(
                 name,

@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
+from geopose.io.checkpoint import load_torch_file
 from geopose.models.decoders import UnetDecoder
 from geopose.models.encoders import Encoder
 from geopose.models.heads import DenseHead
@@ -230,23 +231,6 @@ def without_pretrained(model_cfg: dict) -> dict:
     return {**resolve_model_config(model_cfg), "pretrained": False}
 
 
-_UNREADABLE = "not a readable PyTorch checkpoint ({})"
-
-
-def _read_checkpoint(path: Path, map_location) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
-        if "weights_only" not in str(exc):
-            raise GeoposeDataError(path, _UNREADABLE.format(type(exc).__name__)) from exc
-    # A Lightning checkpoint may pickle harmless objects the safe loader refuses; our own
-    # training writes it, so allow full unpickling for local files.
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise GeoposeDataError(path, _UNREADABLE.format(type(exc).__name__)) from exc
-
-
 def load_checkpoint(
     path: str | Path, map_location: Any = "cpu", ckpt: dict | None = None
 ) -> tuple[nn.Module, dict]:
@@ -261,7 +245,7 @@ def load_checkpoint(
     if ckpt is None:
         if not path.is_file():
             raise GeoposeDataError(path, "no such checkpoint file")
-        ckpt = _read_checkpoint(path, map_location)
+        ckpt = load_torch_file(path, map_location)
     config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise GeoposeDataError(path, "not a geopose checkpoint (no hyper_parameters.config.model)")

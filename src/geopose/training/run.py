@@ -123,6 +123,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     copy, not a rename, when that folder is on another file system, e.g. a tmpfs ``/tmp``.)
     """
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Read a checkpoint to resume from as data (``geopose.io.checkpoint.load_torch_file``:
+        plain types only, whatever ``weights_only`` Lightning asks for)."""
+        from geopose.io.checkpoint import load_torch_file
+
+        ckpt = load_torch_file(path, map_location=map_location or "cpu")
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise GeoposeDataError(path, "not a Lightning checkpoint (no state_dict)")
+        return ckpt
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         from geopose.io import atomic_path
 

@@ -21,7 +21,6 @@ files by content (:meth:`Family.matches`), builds the model from a file
 from __future__ import annotations
 
 import re
-import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
+from geopose.io.checkpoint import is_torchscript, load_torch_file, read_torchscript_state
 from geopose.models.options import MODELS
 from geopose.models.schema import did_you_mean
 from geopose.types import GeoposeOutput
@@ -73,56 +73,19 @@ def _key_sample(state: Mapping) -> str:
     return ", ".join(map(str, keys[:3])) + (", ..." if len(keys) > 3 else "")
 
 
-def _numpy_globals() -> list:
-    """numpy objects that published checkpoints hold in their metadata (e.g. a numpy float
-    metric), allow-listed for ``torch.load(weights_only=True)``."""
-    import numpy as np
-
-    out: list = [np.dtype, np.ndarray]
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
-    out += [scalar, _reconstruct]
-    out += [type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "u1", "b1")]
-    return out
-
-
-def is_torchscript(path: Path) -> bool:
-    """True when ``path`` is a TorchScript archive (a zip holding ``…/code/`` and
-    ``…/constants.pkl``), whatever its name."""
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    has_code = any("/code/" in n for n in names)
-    return has_code and any(n.endswith("constants.pkl") for n in names)
-
-
 def read_container(path: str | Path) -> Container:
-    """Read a checkpoint file of any published format -> :class:`Container`.
+    """Read a checkpoint file of any published format -> :class:`Container`, as data.
 
-    TorchScript archives are read with ``torch.jit.load`` (no Python classes needed); pickled
-    files first with ``torch.load(weights_only=True)`` plus the numpy scalars the published
-    files hold, then, when they hold other Python objects, with full unpickling (only load
-    files you trust). Raises :class:`GeoposeDataError` naming the file for anything unreadable.
+    TorchScript archives: checked, then their ``state_dict()`` (``geopose.io.checkpoint.
+    read_torchscript_state``); pickled files: ``geopose.io.checkpoint.load_torch_file`` (tensors,
+    plain types and the allow-listed numpy scalars only). Raises :class:`GeoposeDataError`
+    naming the file for anything unreadable or refused.
     """
     path = Path(path)
     if not path.is_file():
         raise GeoposeDataError(path, "no such checkpoint file")
     if is_torchscript(path):
-        try:
-            with warnings.catch_warnings():  # torch.jit is deprecated, yet it is the format
-                warnings.simplefilter("ignore", FutureWarning)
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as exc:  # noqa: BLE001 - jit raises many kinds for bad archives
-            raise GeoposeDataError(
-                path, f"unreadable TorchScript archive ({type(exc).__name__})"
-            ) from exc
-        return Container(path, "torchscript", dict(state))
+        return Container(path, "torchscript", read_torchscript_state(path))
     if zipfile.is_zipfile(path) and not _is_torch_zip(path):
         with zipfile.ZipFile(path) as zf:
             members = [n for n in zf.namelist() if not n.endswith("/")]
@@ -132,21 +95,7 @@ def read_container(path: str | Path) -> Container:
             f"{', ...' if len(members) > 3 else ''}), not a checkpoint: extract the model file "
             "(or use `geopose models download NAME`)",
         )
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
-        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise GeoposeDataError(
-                path, f"not a readable PyTorch checkpoint ({type(exc).__name__})"
-            ) from exc
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001
-            raise GeoposeDataError(
-                path, f"not a readable PyTorch checkpoint ({type(exc2).__name__}: {exc2})"[:300]
-            ) from exc2
-    return Container(path, "pickle", obj)
+    return Container(path, "pickle", load_torch_file(path))
 
 
 def _is_torch_zip(path: Path) -> bool:
