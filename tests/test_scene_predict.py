@@ -377,20 +377,33 @@ def test_a_vrt_mosaic_reads_like_one_geotiff(tmp_path):
 
 
 def test_which_images_are_scenes(tmp_path):
+    """One rule for predict, rectify and show (``geopose.io.inputs.is_scene``)."""
+    from geopose.io.inputs import SCENE_SIDE, WHOLE_SIDE, is_scene, prediction_is_scene
+
     folder = tmp_path / "imgs"
     write_scene(folder / "multi.tif", scene_data(64, 64))  # 4-band uint16, georeferenced
     rgb8 = np.random.default_rng(0).integers(0, 256, (3, 64, 80), dtype=np.uint8)
     write_scene(folder / "small.tif", rgb8, nodata=None)  # 8-bit RGB GeoTIFF
-    write_scene(folder / "big.tif", np.zeros((3, 64, 300), np.uint8), nodata=None)
+    big = np.zeros((3, 16, SCENE_SIDE + 1), np.uint8)
+    write_scene(folder / "big.tif", big, nodata=None)  # georeferenced, above SCENE_SIDE
     write_rgb(folder / "plain.png", np.moveaxis(rgb8, 0, -1))
+    write_rgb(folder / "wide.png", np.zeros((16, SCENE_SIDE + 1, 3), np.uint8))
+    write_rgb(folder / "huge.png", np.zeros((16, WHOLE_SIDE + 1, 3), np.uint8))
     (folder / "mosaic.vrt").write_text(_vrt_of(folder / "multi.tif", 64, 64))
-    jobs = {j.stem: j for j in resolve_jobs(folder, gsd=0.5, tile_size=256)}
+    jobs = {j.stem: j for j in resolve_jobs(folder, gsd=0.5)}
     assert {s: j.scene for s, j in jobs.items()} == {
-        "big": True, "mosaic": True, "multi": True, "plain": False, "small": False,
+        "big": True, "huge": True, "mosaic": True, "multi": True, "plain": False,
+        "small": False, "wide": False,
     }  # fmt: skip
     assert jobs["mosaic"].gsd == pytest.approx(0.3) and jobs["mosaic"].georef is not None
-    jobs = {j.stem: j for j in resolve_jobs(folder, gsd=0.5, tile_size=0)}
-    assert not jobs["big"].scene  # --tile-size 0: size alone makes no scene
+    for stem, job in jobs.items():  # rectify and show decide the same, image or AGL alone
+        assert prediction_is_scene(job.path, tmp_path / "none") == job.scene, stem
+    agl = np.zeros((1, 16, SCENE_SIDE + 1), np.float32)
+    write_scene(tmp_path / "agl_geo.tif", agl, nodata=None)
+    assert prediction_is_scene(None, tmp_path / "agl_geo.tif")  # as the image it came from
+    write_scene(tmp_path / "agl_small.tif", agl[:, :, :64], nodata=None)
+    assert not prediction_is_scene(None, tmp_path / "agl_small.tif")  # 1 band: an AGL, not RGB
+    assert is_scene(tmp_path / "agl_small.tif")  # as an image, one band is not RGB
     jobs = {j.stem: j for j in resolve_jobs(folder, gsd=0.5, stretch="p2-98")}
     assert all(j.scene for j in jobs.values())  # --bands / --stretch: every image
     jobs = {j.stem: j for j in resolve_jobs(folder, gsd=0.5, rectify=True)}

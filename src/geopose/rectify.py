@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from geopose.io import (
     write_geotiff,
     write_rgb,
 )
+from geopose.io.inputs import find_image, prediction_is_scene
 
 if TYPE_CHECKING:
     from geopose.types import ProgressFn
@@ -244,39 +244,6 @@ def write_rectified(
     return paths
 
 
-def is_scene(
-    rgb_path: str | Path | None,
-    agl_path: str | Path,
-    bands: Sequence[int] | None = None,
-    stretch: str | None = None,
-) -> bool:
-    """Whether :func:`rectify_files` works window by window (:func:`rectify_windowed`): when
-    ``bands``/``stretch`` is given, when the image is a VRT, not 8-bit RGB(A), or not a format
-    ``read_rgb`` reads, or when the AGL is larger than :data:`WINDOWED_SIDE` px on a side."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from geopose.io.rasters import RGB_SUFFIXES
-
-    if rgb_path is not None:
-        if bands is not None or stretch is not None:
-            return True
-        if Path(rgb_path).suffix.lower() not in RGB_SUFFIXES:
-            return True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # NotGeoreferencedWarning
-            with rasterio.open(agl_path) as src:
-                if max(src.width, src.height) > WINDOWED_SIDE:
-                    return True
-            if rgb_path is not None:
-                with rasterio.open(rgb_path) as src:
-                    return src.count < 3 or src.dtypes[0] != "uint8"
-    except (RasterioError, OSError):
-        return False  # the whole-image readers report the problem
-    return False
-
-
 def rectify_files(
     rgb_path: str | Path | None,
     agl_path: str | Path,
@@ -294,8 +261,9 @@ def rectify_files(
     ``stem`` defaults to the RGB's (or AGL's) name without ``_RGB``/``_AGL`` and suffix.
     Outputs are GeoTIFFs when the RGB (or, without RGB, the AGL) is georeferenced.
 
-    Scenes (:func:`is_scene`: large, multi-band, 16-bit, VRT, or ``bands``/``stretch`` given)
-    are rectified window by window by :func:`rectify_windowed` into COGs (``.tif`` always;
+    Scenes (``geopose.io.inputs.is_scene``: large, georeferenced above 1024 px, multi-band,
+    16-bit, VRT, or ``bands``/``stretch`` given) are rectified window by window by
+    :func:`rectify_windowed` into COGs (``.tif`` always;
     ``{stem}_NADIR_AGL.tif`` float32 metres, NaN where occluded), the image read through
     ``geopose.io.scene.Scene(rgb_path, bands, stretch, nodata)``.
     """
@@ -306,7 +274,7 @@ def rectify_files(
     if stem is None:
         parsed = split_name(ref_path)
         stem = parsed[0] if parsed else ref_path.name.split(".", 1)[0]
-    if is_scene(rgb_path, agl_path, bands, stretch):
+    if prediction_is_scene(rgb_path, agl_path, bands, stretch):
         return _rectify_scene_files(
             rgb_path,
             agl_path,
@@ -336,8 +304,6 @@ def rectify_files(
 
 WINDOW = 1024
 """Side (px) of the output windows of :func:`rectify_windowed`."""
-WINDOWED_SIDE = 2048
-"""``rectify_files`` rectifies window by window when the AGL has a side longer than this (px)."""
 
 
 def rectify_halo(max_agl: float, angle: float, scale: float) -> tuple[int, int]:
@@ -531,27 +497,6 @@ def _rectify_scene_files(
             scene.close()
 
 
-_IMAGE_SUFFIXES = (".j2k", ".jp2", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".vrt")
-
-
-def find_image(images_dir: str | Path, stem: str) -> Path:
-    """The image of a prediction ``stem``: ``{stem}_RGB.*`` (``geopose.io.find_rgb``), else an
-    image named ``{stem}.*`` (a scene: ``.tif``, ``.jp2``, ``.vrt``, ...) in ``images_dir`` or
-    its ``test/``/``train/``."""
-    from geopose.io import find_rgb
-
-    try:
-        return find_rgb(images_dir, stem)
-    except GeoposeDataError:
-        images_dir = Path(images_dir)
-        for folder in (images_dir, images_dir / "test", images_dir / "train"):
-            for suffix in _IMAGE_SUFFIXES:
-                p = folder / f"{stem}{suffix}"
-                if p.is_file():
-                    return p
-        raise
-
-
 @dataclass
 class FolderSummary:
     """What :func:`rectify_folder` did: stems written, skipped (outputs there) and failed
@@ -580,9 +525,9 @@ def rectify_folder(
     resumes; partial outputs are redone). An image whose input cannot be read
     (:class:`GeoposeDataError`) goes to ``failed`` and the others go on; any other error
     stops the run. ``on_progress("rectify", done, total)`` follows the images (whatever became
-    of them). Scenes (:func:`is_scene`; their images may also be named ``{stem}.tif``,
-    ``.jp2``, ``.vrt``: :func:`find_image`) are rectified window by window, read with
-    ``bands``, ``stretch`` and ``nodata``.
+    of them). Scenes (``geopose.io.inputs.is_scene``; their images may also be named
+    ``{stem}.tif``, ``.jp2``, ``.vrt``: ``geopose.io.inputs.find_image``) are rectified
+    window by window, read with ``bands``, ``stretch`` and ``nodata``.
     """
     from geopose.io import agl_name, prediction_stems, vflow_name
 
@@ -601,7 +546,7 @@ def rectify_folder(
         try:
             rgb = find_image(images_dir, stem) if images_dir is not None else None
             ref = rgb if rgb is not None else pred_dir / agl_name(stem)
-            scene = is_scene(rgb, pred_dir / agl_name(stem), bands, stretch)
+            scene = prediction_is_scene(rgb, pred_dir / agl_name(stem), bands, stretch)
             paths = output_paths(out_dir, stem, scene or read_georef(ref) is not None)
             if rgb is None:
                 del paths["rgb"]

@@ -38,17 +38,21 @@ from geopose.io import (
     ensure_output_dir,
     georef_gsd,
     read_agl,
-    read_georef,
-    read_metadata,
     read_rgb,
     read_vflow,
-    split_name,
     vflow_name,
     write_geotiff,
     write_prediction,
     write_vflow,
 )
-from geopose.io.rasters import RGB_SUFFIXES, TIFF_SUFFIXES
+from geopose.io.inputs import (
+    IMAGE_SUFFIXES,
+    find_images,
+    image_georef,
+    image_stem,
+    is_scene,
+    metadata_lookup,
+)
 from geopose.runtime import reuse_freed_memory
 from geopose.types import (  # owner of ImagePrediction, NO_DIRECTION_ANGLE, city_index
     NO_DIRECTION_ANGLE,
@@ -82,97 +86,8 @@ class ImageJob:
     city: int
     georef: Georef | None = None
     scene: bool = False
-    """Predicted as a scene (``geopose.inference.scene.predict_scene``: windowed, any bands
-    and bit depth, COG outputs) instead of whole in memory; see :func:`is_scene_input`."""
-
-
-def image_stem(path: Path) -> str:
-    """``JAX_abc_RGB.j2k`` -> ``JAX_abc``; any other name -> the name without its suffix."""
-    parts = split_name(path)
-    if parts and parts[1] == "RGB":
-        return parts[0]
-    return path.name.split(".", 1)[0]
-
-
-SCENE_SUFFIXES = (".vrt",)
-"""Raster formats only scene prediction reads (GDAL virtual rasters: mosaics, band subsets)."""
-GEO_SUFFIXES = (*TIFF_SUFFIXES, ".jp2", ".vrt")
-"""Formats whose georeference (CRS, transform) is read: GeoTIFF/COG, GMLJP2/GeoJP2, VRT."""
-
-
-def find_images(images_dir: str | Path) -> list[Path]:
-    """Images (.j2k/.jp2/.tif/.png/.vrt/...) of a folder, sorted by name; hidden files skipped."""
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise GeoposeDataError(images_dir, "images folder not found")
-    suffixes = (*RGB_SUFFIXES, *SCENE_SUFFIXES)
-    files = [
-        p
-        for p in images_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-    ]
-    # Skip the other files of the layout (AGL/VFLOW truth, NADIR_*) and our own outputs.
-    keep = [
-        p
-        for p in files
-        if ((s := split_name(p)) is None or s[1] == "RGB")
-        and not image_stem(p).endswith(("_FLOW", "_OCCLUDED"))
-    ]
-    return sorted(keep, key=lambda p: p.name)
-
-
-def metadata_lookup(images_dir: Path) -> dict[str, tuple[str, float]]:
-    """``metadata.csv`` of the images folder or its parent -> {key: (city, gsd m/px)}.
-
-    Keys are the csv id and ``{city}_{id}``, so both id styles match an image stem.
-    """
-    for folder in (images_dir, images_dir.parent):
-        if (folder / "metadata.csv").is_file():
-            meta = read_metadata(folder)
-            out: dict[str, tuple[str, float]] = {}
-            for row in meta.itertuples(index=False):
-                out[str(row.id)] = (row.city, float(row.gsd))
-                out[f"{row.city}_{row.id}"] = (row.city, float(row.gsd))
-            return out
-    return {}
-
-
-def image_georef(path: Path) -> Georef | None:
-    """The georeference of a GeoTIFF, JPEG 2000 (.jp2) or VRT input (None for other formats
-    or no CRS)."""
-    return read_georef(path) if path.suffix.lower() in GEO_SUFFIXES else None
-
-
-def is_scene_input(
-    path: Path,
-    georef: Georef | None,
-    tile_size: int = 0,
-    bands: Sequence[int] | None = None,
-    stretch: str | None = None,
-    rectify: bool = False,
-) -> bool:
-    """Whether an image is predicted as a scene (windowed, COG outputs) rather than whole.
-
-    A scene is: any image when ``bands`` or ``stretch`` is given, and any VRT; a
-    georeferenced image that is not 3-band 8-bit, is larger than ``tile_size`` px on a side
-    (``tile_size`` > 0), or when ``rectify`` is asked for. Other images (plain 8-bit RGB, and
-    small georeferenced 8-bit RGB GeoTIFFs) keep the whole-image path.
-    """
-    if bands is not None or stretch is not None or path.suffix.lower() in SCENE_SUFFIXES:
-        return True
-    if georef is None:
-        return False
-    if rectify:
-        return True
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            shape = (src.count, src.dtypes[0], max(src.width, src.height))
-    except Exception:  # unreadable: the whole-image path reports it (failed, one line)
-        return False
-    count, dtype, side = shape
-    return count != 3 or dtype != "uint8" or (tile_size > 0 and side > tile_size)
+    """Predicted as a scene (windowed, any bands and bit depth, COG outputs) instead of whole
+    in memory: ``geopose.io.inputs.is_scene``."""
 
 
 def resolve_jobs(
@@ -180,7 +95,6 @@ def resolve_jobs(
     gsd: float | None = None,
     city: str | int | None = None,
     failed: list[tuple[str, str]] | None = None,
-    tile_size: int = 0,
     bands: Sequence[int] | None = None,
     stretch: str | None = None,
     rectify: bool = False,
@@ -190,13 +104,13 @@ def resolve_jobs(
     Raises :class:`GeoposeDataError` for a folder without images, two images with one output
     name, and (when ``failed`` is None) the first image without a GSD; given a list
     ``failed``, images without a GSD are appended to it as ``(stem, reason)`` and left out.
-    ``tile_size``, ``bands``, ``stretch`` and ``rectify`` mark the jobs predicted as scenes
-    (:func:`is_scene_input`; by default only VRTs are).
+    ``bands``, ``stretch`` and ``rectify`` (nadir views asked for) enter the scene rule
+    (``geopose.io.inputs.is_scene``), which marks the jobs predicted as scenes.
     """
     images_dir = Path(images_dir)
     paths = find_images(images_dir)
     if not paths:
-        raise GeoposeDataError(images_dir, f"no RGB images ({', '.join(RGB_SUFFIXES)}) found")
+        raise GeoposeDataError(images_dir, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
     meta = metadata_lookup(images_dir)
     jobs, stems = [], {}
     for path in paths:
@@ -205,7 +119,7 @@ def resolve_jobs(
             raise GeoposeDataError(path, f"same output name {stem!r} as {stems[stem].name}")
         stems[stem] = path
         georef = image_georef(path)
-        scene = is_scene_input(path, georef, tile_size, bands, stretch, rectify)
+        scene = is_scene(path, bands, stretch, nadir=rectify)
         if stem in meta:
             m_city, m_gsd = meta[stem]
             jobs.append(ImageJob(path, stem, m_gsd, city_index(m_city), georef, scene))

@@ -205,9 +205,9 @@ def run_predict(
     the others are predicted, and ``tar`` is then not packed. An output folder (or ``tar``)
     that cannot be written raises :class:`~geopose.errors.OutputPathError` before anything.
 
-    Scenes (``geopose.inference.predictor.is_scene_input``: georeferenced images that are not
-    8-bit RGB or are larger than ``tile_size``, VRTs, every image when ``bands``/``stretch``
-    is given, georeferenced images with ``rectify``) go through
+    Scenes (``geopose.io.inputs.is_scene``: larger than 2048 px, georeferenced and larger
+    than 1024 px, not 8-bit RGB, VRTs, every image when ``bands``/``stretch`` is given,
+    georeferenced images with ``rectify``) go through
     :func:`geopose.inference.scene.predict_scene` in ``scene_tile``-px tiles overlapping by
     ``scene_overlap`` px (None: ``max(16, scene_tile // 8)``), read as ``Scene(path, bands,
     stretch, nodata)``; ``rectify`` also writes their nadir views.
@@ -230,7 +230,6 @@ def run_predict(
             gsd=gsd,
             city=city,
             failed=unresolved,
-            tile_size=tile_size,
             bands=bands,
             stretch=stretch,
             rectify=rectify,

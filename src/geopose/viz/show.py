@@ -59,7 +59,7 @@ def figure_jobs(
 ) -> list[FigureJob]:
     """The images to draw: one (``rgb`` optional, ``agl`` and ``vflow``), or the complete
     predictions of ``pred`` (the first ``limit``; 0: all) with their RGB from ``images``."""
-    from geopose.rectify import find_image
+    from geopose.io.inputs import find_image
 
     if pred is not None:
         if rgb is not None or agl is not None or vflow is not None:
@@ -108,13 +108,13 @@ def _scene_figure(stem: str, rgb_p, agl_p, vflow_p, truth: Path | None, scene: d
 
 
 def _image_figure(job: FigureJob, truth: Path | None, scene: dict) -> Figure:
-    """The figure of one image; scenes (:func:`geopose.rectify.is_scene`) read decimated."""
-    from geopose.rectify import is_scene
+    """The figure of one image; scenes (``geopose.io.inputs.is_scene``) read decimated."""
+    from geopose.io.inputs import prediction_is_scene
     from geopose.viz.figures import image_figure
     from geopose.viz.report import read_truth
 
     stem, rgb_p, agl_p, vflow_p = job
-    if is_scene(rgb_p, agl_p, scene["bands"], scene["stretch"]):
+    if prediction_is_scene(rgb_p, agl_p, scene["bands"], scene["stretch"]):
         return _scene_figure(stem, rgb_p, agl_p, vflow_p, truth, scene)
     rgb = read_rgb(rgb_p) if rgb_p is not None else None
     angle, scale = read_vflow(vflow_p)
