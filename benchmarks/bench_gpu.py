@@ -1,4 +1,4 @@
-r"""GPU benchmark (issue 17): training throughput, inference speed, bf16 numerics and DDP, in one
+r"""GPU benchmark: training throughput, inference speed, bf16 numerics and DDP, in one
 command that fits 8 minutes on one H100, printing one table and writing JSON.
 
     python benchmarks/bench_gpu.py --device cuda --json bench_gpu.json     # on the GPU, < 8 min
@@ -48,40 +48,15 @@ mean absolute and the score by <= 0.002. ``--tiny`` runs the same code paths in 
 128² tiles, resnet18 encoders (``model.encoder=resnet18``) instead of B7 / EfficientNetV2-L
 with narrower decoders and heads, a 2-step timing, the ``baseline`` published family, gloo,
 one thread per process; ~1 minute on 2 CPU cores; its figures are not benchmarks.
-Models are randomly initialised (``model.pretrained=false``: the device machine has no
-network); speed does not depend on the weights.
+Models are randomly initialised (``model.pretrained=false``: no weights are downloaded);
+speed does not depend on the weights.
 
-On the lent GPU machine (``run`` tool of the device workplace). It starts bare with PyTorch,
-timm, Lightning, pandas, opencv, tifffile, typer, rich, tensorboard and nvidia-ml-py
-installed, but not imagecodecs, albumentations (+ albucore, pydantic, pydantic-core,
-annotated-types, simsimd, stringzilla) or segmentation-models-pytorch; its Python is 3.12 and
-nothing can be downloaded there. Fetch those as wheels HERE, in the repository root, first
-(``/.whl/`` is in .gitignore; keep one version of each package there; about 34 MB, the
-repository about 28 MB: the 64 MiB limit holds)::
-
-    mkdir -p .whl && python3 -m pip download --no-deps --only-binary=:all: \
-      --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-      imagecodecs==2026.3.6 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 \
-      pydantic-core==2.50.5 annotated-types==0.8.0 typing-extensions==4.16.0 \
-      simsimd==6.5.16 stringzilla==5.3.2 segmentation-models-pytorch==0.6.0
-
-then call ``run`` with ``carry: [".whl"]``, ``timeout_s: 500`` and the command that
-``python benchmarks/bench_gpu.py --device-command`` prints on one line (:data:`DEVICE_COMMAND`;
-geopose itself runs from ``src`` on PYTHONPATH; ``timeout 450`` ends the script, which then
-writes what it has, before the tool's limit; the JSON and the log come back from $OUT)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 \
-      || exit; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
-    timeout 450 python3 benchmarks/bench_gpu.py --device cuda --json $OUT/bench_gpu.json 2>&1 \
-      | tee $OUT/bench_gpu.log
-
-The default budgets (data 30 s, train 190, infer 70, numerics 60, ddp 65: 415 s, + 5 s grace
-per section at worst, ~20 s to install the wheels: < 8 minutes, and ``timeout 450`` caps the
-script); then call ``give_back``. A
-section that failed can be rerun alone, e.g. ``--sections data ddp`` (``data`` is needed by
-``train``, ``numerics`` and ``ddp``), if the device time left allows.
+It runs geopose from ``src`` (``PYTHONPATH``, no install needed) and needs geopose's
+dependencies (PyTorch, timm, Lightning, albumentations, segmentation-models-pytorch,
+imagecodecs, ...) but no network. The default section budgets (data 30 s, train 190, infer 70,
+numerics 60, ddp 65: 415 s, + 5 s grace per section at worst) keep the whole run under
+8 minutes. A section that failed can be rerun alone, e.g. ``--sections data ddp`` (``data`` is
+needed by ``train``, ``numerics`` and ``ddp``).
 """
 
 from __future__ import annotations
@@ -107,14 +82,6 @@ ROOT = HERE.parent
 SECTIONS = ("data", "train", "infer", "numerics", "ddp")
 GRACE_S = 5.0
 """A section's process is killed this long after its budget (it plans to end within it)."""
-DEVICE_COMMAND = (
-    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
-    "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 "
-    "|| exit; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "
-    "timeout 450 python3 benchmarks/bench_gpu.py --device cuda --json $OUT/bench_gpu.json 2>&1 "
-    "| tee $OUT/bench_gpu.log"
-)
-"""What to give the device tool's ``run`` (with ``carry: [".whl"]``, ``timeout_s: 500``)."""
 
 FULL = {
     "size": 2048,  # synthetic tiles, px
@@ -1278,17 +1245,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
-    ap.add_argument(
-        "--device-command", action="store_true", help="print the device tool's command and exit"
-    )
     ap.add_argument("--_section", help=argparse.SUPPRESS)
     ap.add_argument("--_ctx", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._section:
         return section_main(args._section, args._ctx)
-    if args.device_command:
-        print(json.dumps({"command": DEVICE_COMMAND, "carry": [".whl"], "timeout_s": 500}))
-        return 0
     # `timeout` sends SIGTERM: end the running section's process group, then write the results.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

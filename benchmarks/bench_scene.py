@@ -143,9 +143,9 @@ def _child(args: dict, q: mp.Queue) -> None:
     shutil.rmtree(out, ignore_errors=True)
     with Scene(args["scene"]) as scene:
         # The model's own time per tile: a few of the scene's tiles held in memory, after a
-        # warm-up pass over them all; nothing else running. (Before geopose.runtime kept freed
-        # memory for reuse, these tiles took 1.34 s each before the run and 0.84 s after it:
-        # page faults that glibc's own threshold had stopped by the end of the long run.)
+        # warm-up pass over them all; nothing else running. Timed before and after the run:
+        # without geopose.runtime's reuse of freed memory the first figure would carry page
+        # faults that glibc's own mmap threshold stops only later in a long run.
         starts = tile_starts(scene.height, tile, args["overlap"])
         mid = starts[len(starts) // 2]
         calib = [scene.read(Window(c, mid, tile, tile))[0] for c in starts[: args["calib"] + 1]]

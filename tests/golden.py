@@ -21,7 +21,7 @@ FIELDS = ("agl", "mag", "direction", "scale", "flow", "ramp", "facade")
 """GeoposeOutput fields, in order."""
 
 _FEATURES = {"channels": 16, "upsample": "features"}
-_SMALL = {  # cpu_small as it was before rounds 5, 6, 17 and 18 of the demo (issue 18)
+_SMALL = {  # a cpu_small variant: full-resolution input, resnet18 to stride 32, 16-channel heads
     "encoder": "resnet18",
     "pretrained": False,
     "input_stride": 1,

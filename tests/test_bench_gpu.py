@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py cannot rot between GPU sessions: its ``--device cpu --tiny`` run goes
+"""benchmarks/bench_gpu.py stays runnable without a GPU: its ``--device cpu --tiny`` run goes
 through every section's code path (data, train, infer, numerics, ddp) and writes figures, or
 an explained skip, for each; a section killed at its budget or failing is reported and the
 script goes on."""
@@ -120,24 +120,6 @@ def test_a_killed_or_failing_section_is_reported_and_the_run_goes_on(tmp_path):
     assert num["status"] == "error" and "test" in num["error"], num
 
 
-def test_device_command_fits_the_device_tool():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device-command"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    spec = json.loads(proc.stdout)
-    assert len(spec["command"]) <= 2000 and spec["carry"] == [".whl"]
-    assert spec["timeout_s"] <= 600
-    assert "--device cuda" in spec["command"] and "$OUT/bench_gpu.json" in spec["command"]
-    text = SCRIPT.read_text()
-    # the docstring shows the same command (wrapped over lines)
-    doc = text.split('"""', 2)[1].replace("\\\n", " ")
-    assert " ".join(spec["command"].split()) in " ".join(doc.split())
-
-
 @pytest.mark.parametrize("item", ["train=7", "30"])
 def test_budget_arguments(item):
     sys.path.insert(0, str(SCRIPT.parent))
@@ -151,5 +133,5 @@ def test_budget_arguments(item):
     else:
         assert budgets["train"] == 7.0 and budgets["data"] == bench_gpu.FULL["budgets"]["data"]
     full = bench_gpu.parse_budgets(None, tiny=False)
-    # the GPU run fits 8 minutes even when every section uses its budget and grace
+    # the full run ends within 450 s even when every section uses its budget and grace
     assert sum(full.values()) + len(full) * bench_gpu.GRACE_S <= 450

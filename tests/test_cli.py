@@ -100,7 +100,9 @@ def test_progress_bar_draws_the_library_callback_and_steps_aside():
 
 
 def test_no_library_module_draws():
-    """Only geopose.cli imports rich (training's Lightning RichProgressBar is Lightning's)."""
+    """Only geopose.cli imports rich: the library reports progress and the CLI draws it (the
+    training's status goes to a view, geopose.training.run.TrainingView; without one from the
+    CLI it is a plain-text line, geopose.training.run.LineView)."""
     import ast
     from pathlib import Path
 

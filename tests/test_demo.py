@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -57,6 +58,12 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     # cpu_small trains without D4 turns, so the demo predicts without TTA unless told
     assert saved["demo"]["tta"]["asked"] == "none" and saved["demo"]["tta"]["used"] == {"none": 2}
     assert "prediction ran late" not in first.output
+    # the training's progress: its time against its budget and its steps, never the epochs'
+    # count (a million: the minutes end the demo's training), nor Lightning's model summary
+    bar = next(ln for ln in first.output.splitlines() if ln.startswith("train  "))
+    assert re.search(r"\d\d:\d\d / \d\d:\d\d  [\d,]+ steps?", bar), bar
+    assert "Epoch" not in first.output and not re.search(r"99999|1,?000,?000", first.output)
+    assert "params" not in first.output.lower()
 
     # a second run reuses the data and the trained model
     second = runner.invoke(app, args)

@@ -14,7 +14,7 @@ from torch import nn
 from geopose.cli.main import main
 from geopose.geometry import D4, d4_image, flow_from_agl
 from geopose.inference import Predictor
-from geopose.inference.predictor import ImageJob, predict_jobs
+from geopose.inference.jobs import ImageJob, predict_jobs
 from geopose.inference.tta import d4_direction
 from geopose.io import read_vflow, write_rgb
 from geopose.models import GeoposeOutput, create_model, load_recipe

@@ -474,6 +474,48 @@ def test_listing_is_every_entry_and_ensemble_with_its_cached_file(cache, tmp_pat
     json.dumps(doc)  # JSON-ready as it is
 
 
+def test_models_listing_fits_80_columns_and_shows_known_sizes(cache, tmp_path, monkeypatch):
+    """``geopose models`` (and ``--wide``) at 80 columns: no line longer, every model's name
+    whole on one line; a size where one is known (the cached file, or the size its download
+    record holds), an en dash elsewhere, never a "?"."""
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import geopose.cli.models as models_cli
+    from geopose.cli.main import app
+    from geopose.io.download import write_record
+
+    mine = tmp_path / "model_best.pth"
+    mine.write_bytes(tiny(BASELINE_KEYS))
+    catalog.fetch("baseline", local_file=mine)
+    assert catalog.cached_bytes("baseline") == mine.stat().st_size
+    recorded = catalog.cache_dir() / "first-v2l-fold5" / catalog.CATALOG["first-v2l-fold5"].files[0]
+    recorded.parent.mkdir(parents=True)
+    write_record(recorded, source=mine)  # the record alone: not cached, its size known
+    assert catalog.cached_bytes("first-v2l-fold5") == mine.stat().st_size
+    assert catalog.cache_state("first-v2l-fold5") is None
+    assert catalog.cached_bytes("fourth-effb7") is None  # no author published a size
+    assert catalog.listing()["models"][0]["cached_bytes"] == mine.stat().st_size
+
+    for wide in ([], ["--wide"]):
+        screen = Console(width=80, file=io.StringIO(), color_system=None)
+        monkeypatch.setattr(models_cli, "console", screen)
+        result = CliRunner().invoke(app, ["models", *wide])
+        assert result.exit_code == 0, result.output
+        lines = screen.file.getvalue().splitlines()
+        assert max(len(ln) for ln in lines) <= 80, wide
+        for name in catalog.CATALOG:
+            whole = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+            assert any(whole.search(ln) for ln in lines), (name, wide)
+        rows = {name: next(ln for ln in lines if f"│ {name} " in ln) for name in catalog.CATALOG}
+        size = models_cli._size(mine.stat().st_size)
+        assert size in rows["baseline"] and "yes" in rows["baseline"]
+        assert size in rows["first-v2l-fold5"] and "│ no " in rows["first-v2l-fold5"]
+        assert "\N{EN DASH}" in rows["fourth-effb7"]
+        assert "?" not in "".join(lines)
+    assert any("ieee-dataport.org" in ln for ln in lines)  # --wide: the source too
+
+
 # --- the CLI -------------------------------------------------------------------------------------
 
 
@@ -502,7 +544,10 @@ def test_cli_download_resumes_after_a_cut_and_lists_cached(server, cache, monkey
     assert rows["first-v2l-fold5"]["cached"] is None
     table = runner.invoke(app, ["models"], env={"COLUMNS": "160"})
     line = next(ln for ln in table.output.splitlines() if entry.name in ln)
-    assert "yes" in line and "127.0.0.1" in line  # the (patched) source host
+    assert "yes" in line and f"{len(PAYLOAD) / 2**10:.0f} kB" in line  # the file's size
+    wide = runner.invoke(app, ["models", "--wide"], env={"COLUMNS": "80"}).output.splitlines()
+    at = next(i for i, ln in enumerate(wide) if entry.name in ln)
+    assert "yes" in wide[at] and "127.0.0.1" in wide[at + 2]  # the (patched) source host
 
 
 def test_cli_download_needs_browser_says_where(cache):

@@ -312,12 +312,12 @@ def test_cuda_out_of_memory_falls_back_to_smaller_tiles(monkeypatch):
     rgb = np.random.default_rng(7).integers(0, 256, (600, 800, 3), dtype=np.uint8)
     with pytest.raises(torch.OutOfMemoryError):  # never retried on the CPU
         pred.predict(rgb, 0.3)
-    pred.device = torch.device("cuda")  # only the fallback looks at it; _run is faked
+    monkeypatch.setattr(pred, "_device", torch.device("cuda"))  # the fallback reads it only
     out = pred.predict(rgb, 0.3)
     assert tiles[1:] == [0, 400, 256] and out.agl.shape == (600, 800)
 
 
-# --- flow and ramps survive every step (issue 16) -----------------------------------------
+# --- flow and ramps survive every step ---------------------------------------------------
 
 
 def _gradient(agl: torch.Tensor) -> torch.Tensor:

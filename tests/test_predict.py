@@ -17,11 +17,11 @@ import torch
 
 from geopose.cli.main import main
 from geopose.geometry import angle_error_deg, flow_from_agl
-from geopose.inference import Predictor, read_ensemble_spec, resolve_jobs
-from geopose.inference.predictor import georef_gsd
-from geopose.io import CITIES, Georef, read_agl, read_rgb, read_vflow, write_rgb
+from geopose.inference import Predictor, resolve_jobs
+from geopose.io import CITIES, Georef, georef_gsd, read_agl, read_rgb, read_vflow, write_rgb
 from geopose.metrics import evaluate_folders
 from geopose.models import create_model, load_recipe
+from geopose.models.loading import read_ensemble_spec, resolve_models
 
 
 def recipe() -> dict:
@@ -216,7 +216,7 @@ def test_two_process_gloo_run_writes_each_output_once(tmp_path, ckpts, make_fake
     assert "validated" in res.stdout
 
 
-# --- the library call behind `geopose predict` (issue 16) ---------------------------------------
+# --- the library call behind `geopose predict` -----------------------------------------------
 
 
 def test_run_predict_resolves_models_tta_and_device_and_reports_one_progress(
@@ -247,17 +247,22 @@ def test_run_predict_resolves_models_tta_and_device_and_reports_one_progress(
 def test_resolve_members_and_choices_are_one_line_errors(tmp_path, ckpts, monkeypatch):
     from geopose.errors import ConfigError, GeoposeDataError
     from geopose.inference import run
+    from geopose.inference.tta import choose_tta
 
-    members, authors = run.resolve_members([ckpts[0], (ckpts[1], 2.0)])
-    assert members == [(ckpts[0], 1.0), (ckpts[1], 2.0)] and authors is None
+    specs = resolve_models([ckpts[0], (ckpts[1], 2.0)])
+    assert specs.members == ((ckpts[0], 1.0), (ckpts[1], 2.0)) and specs.authors_tta is None
     with pytest.raises(ConfigError, match="give at least one model"):
-        run.resolve_members([])
+        resolve_models([])
     with pytest.raises(GeoposeDataError, match="no such model file"):
-        run.resolve_members([tmp_path / "missing.ckpt"])
-    assert run.choose_tta(None) == "d4"
-    assert run.choose_tta(None, "d2") == "d2" and run.choose_tta("flip", "d2") == "flip"
+        resolve_models([tmp_path / "missing.ckpt"])
+    assert choose_tta(None).mode == "d4"
+    assert choose_tta(None, "d2").mode == "d2" and choose_tta("flip", "d2").mode == "flip"
     with pytest.raises(ConfigError, match="--tta must be one of none, flip, d2, d4, got 'x'"):
-        run.choose_tta("x")
+        choose_tta("x")
+    no_d4 = [{"data": {"aug": "none", "d4": False}}]
+    assert choose_tta(None, None, no_d4) == choose_tta("none", None, no_d4)  # no warning
+    turned = choose_tta("d4", None, no_d4)
+    assert turned.mode == "d4" and "trained without D4" in turned.warning
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run.choose_device(None) == "cpu" and run.choose_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="no CUDA device"):
@@ -293,7 +298,11 @@ def test_default_tta_is_the_one_the_models_were_trained_for(tmp_path, ckpts, mak
     }
     assert got == {"own": "none", "turned": "d4", "mixed": "none"}
     asked = run_predict([str(ckpts[0])], ds.root / "test", tmp_path / "asked", tta="flip")
-    assert asked.tta == "flip"
+    assert asked.tta == "flip" and "trained without D4" in asked.warnings[0]
+    own = run_predict([str(turned)], ds.root / "test", tmp_path / "flip", tta="flip")
+    assert own.tta == "flip" and own.warnings == []  # trained with turns: no warning
+    done = run_predict([str(turned)], ds.root / "test", tmp_path / "flip")
+    assert done.tta is None and done.skipped  # nothing to predict: no model loaded, no TTA
     assert learned_tta([{"data": {"aug": "heavy"}}, {"model": {}}]) == "d4"
     assert learned_tta([{"data": {"aug": "none"}}]) == "none"
     assert learned_tta([{"data": {"aug": "none", "geometric": "light"}}]) == "d4"

@@ -19,7 +19,8 @@ import torch
 
 from geopose.cli.main import main
 from geopose.errors import GeoposeDataError, OutputPathError
-from geopose.inference.predictor import Predictor, predict_jobs, resolve_jobs
+from geopose.inference.jobs import predict_jobs, resolve_jobs
+from geopose.inference.predictor import Predictor
 from geopose.io import (
     atomic_path,
     check_output_file,
@@ -285,7 +286,7 @@ def test_predict_image_without_gsd_is_per_image(tmp_path, capsys, ckpt):
     failed: list[tuple[str, str]] = []
     assert [j.stem for j in resolve_jobs(folder, failed=failed)] == ["a"]
     assert [s for s, _ in failed] == ["b"]
-    with pytest.raises(GeoposeDataError, match="no GSD"):  # the old API still raises
+    with pytest.raises(GeoposeDataError, match="no GSD"):  # without ``failed`` it raises
         resolve_jobs(folder)
 
 

@@ -201,7 +201,7 @@ def test_time_box_corrects_a_calibration_taken_in_a_load_spike(monkeypatch):
         vt.now += 1.0
         stopped = box.batch_end(vt.now)
     # Load 0.2: a step and 20 s are needed, so training runs to 2079 s (virtual time starts at
-    # 1000); with the reserve cut only by half (a floor of 0.5) it stopped at 2049.
+    # 1000); with the reserve cut only by half (a floor of 0.5) it would stop at 2049.
     assert box.load() == demo.LOAD_RANGE[0] == 0.2
     assert vt.now == 2079.0
 

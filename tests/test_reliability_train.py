@@ -43,7 +43,7 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The 2-core test machine is shared; one thread also makes runs bit-reproducible."""
+    """Test machines may have few, shared cores; one thread also makes runs bit-reproducible."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -125,7 +125,8 @@ def test_resume_keeps_exactly_one_last_checkpoint_and_the_summary_names_it(data_
 def test_resuming_twice_from_ends_of_epochs_repeats_no_batches(data_dir, tmp_path):
     # 4 steps per epoch, a checkpoint every 2: the kills at 9 and 17 resume from steps 8 and
     # 16, the last batches of epochs 1 and 3 (Lightning's epoch counter falls one behind after
-    # the first such resume; the second one then repeated epoch 3's batches).
+    # the first such resume; without the data module's own batch count the second resume
+    # would repeat epoch 3's batches).
     over = ("data.fold=null", "data.samples_per_epoch=16", "train.ckpt_every_steps=2")
     cfg = config(data_dir, *over, "train.max_steps=20")
     full = train(cfg, tmp_path / "full")
@@ -140,7 +141,7 @@ def test_resuming_twice_from_ends_of_epochs_repeats_no_batches(data_dir, tmp_pat
 
 
 def test_a_checkpoint_without_the_batch_count_still_resumes_exactly(data_dir, tmp_path):
-    """Checkpoints written before the data module kept its batch count resume as before."""
+    """A checkpoint without the data module's batch count still resumes exactly."""
     over = ("data.fold=null", "data.samples_per_epoch=12", "train.ckpt_every_steps=2")
     cfg = config(data_dir, *over, "train.max_steps=7")
     full = train(cfg, tmp_path / "full")
@@ -465,7 +466,7 @@ def test_resuming_a_finished_run_keeps_its_summary(data_dir, tmp_path, capsys):
 
 
 def test_init_from_a_checkpoint_without_a_head_names_it(data_dir, tmp_path, capsys):
-    """A cpu_small checkpoint from before the facade head, used to start today's cpu_small:
+    """A cpu_small checkpoint without a facade head, used to start cpu_small (which has one):
     one error naming the file and the way out, no run folder left half-made."""
     old = tmp_path / "old"
     no_facade = ["model.facade=null", "loss.facade=null", "train.max_steps=2"]

@@ -46,12 +46,12 @@ def test_activations_reuse_freed_memory_without_page_faults() -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     activation = 16 * 512 * 512 * 4 // page  # pages of one activation
     # the control pins glibc's threshold at its start value: the default one rises as blocks
-    # are freed, so whether the default reuses pages depends on the allocation history (CI saw
-    # [.., .., 0, 8190]); pinned, every activation is a fresh mapping, every call
+    # are freed, so whether the default reuses pages depends on the order of allocations (it
+    # can give [.., .., 0, 8190]); pinned, every activation is a fresh mapping, every call
     off = probe("off", {"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert off["applied"] is None and min(off["faults"][2:]) > activation // 2  # fresh pages
     # kept for reuse, the heap still grows now and then (a long-lived small block lands above
-    # the freed ones: one call of 8 faulted 2 activations in about 1 run of 2, here and on CI),
+    # the freed ones: in about 1 run of 2, one call of 8 faults 2 activations),
     # so the test counts the calls that fault: all 8 without reuse, at most 2 with it
     on = probe("on")
     faulting = [f for f in on["faults"][2:] if f > activation // 20]

@@ -25,7 +25,7 @@ import pytest
 
 from geopose.synth import Scene, draw_geometry, get_style, make_scene, render
 from geopose.synth.render import ray_intervals, shadow_heights
-from geopose.synth.scene import KIND_BUILDING
+from geopose.synth.world import KIND_BUILDING
 
 CITIES = ("ARG", "ATL", "JAX", "OMA")
 

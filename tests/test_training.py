@@ -32,7 +32,7 @@ BASE = [
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The 2-core test machine is shared: one intra-op thread avoids oversubscription."""
+    """Test machines may have few, shared cores: one intra-op thread avoids oversubscription."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -524,3 +524,103 @@ def test_cli_config_errors_are_one_clear_line(data_dir, tmp_path, capsys, overri
 def test_cli_resume_without_a_run_is_an_error(tmp_path, capsys):
     code, _, err = _cli(capsys, "train", "--resume", str(tmp_path / "none"))
     assert code == 1 and "config.yaml" in err
+
+
+# --- the progress display ------------------------------------------------------------------------
+
+
+class SeenCallbacks(L.Callback):
+    """The trainer's callbacks as training starts."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.types = [type(cb) for cb in trainer.callbacks]
+
+
+class StopAt(L.Callback):
+    """Stop the training after optimizer step ``at`` (as the demo's time box does)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        trainer.should_stop = trainer.should_stop or trainer.global_step >= self.at
+
+
+class RecordingView:
+    """A TrainingView keeping every status it is given."""
+
+    def __init__(self) -> None:
+        self.statuses: list = []
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def update(self, status) -> None:
+        self.statuses.append(status)
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+
+def test_progress_status_text():
+    from geopose.training.run import TrainingStatus, clock_text
+
+    assert [clock_text(s) for s in (0, 59.9, 192, 3600, 4000)] == [
+        "00:00", "00:59", "03:12", "1:00:00", "1:06:40"
+    ]  # fmt: skip
+    boxed = TrainingStatus(192, 400, 1234, 11_000_000, loss=269.564, val_score=0.7123)
+    assert boxed.text() == "03:12 / 06:40  1,234 steps  loss 269.6  val score 0.712"
+    assert boxed.fraction() == pytest.approx(0.48)
+    # the steps further along than the time: the total is worth showing
+    assert TrainingStatus(60, 600, 1500, 2200).text() == "01:00 / 10:00  1,500 / 2,200 steps"
+    validating = TrainingStatus(5, None, 1, 20, loss=3.0, val_score=0.5, validating=(3, 9))
+    assert validating.text() == "00:05  1 / 20 steps  val score 0.500  validating 3/9"
+    assert TrainingStatus(5, 60, 1, 10**9).text() == "00:05 / 01:00  1 step"
+    assert TrainingStatus(5, 60, 1, 9, at=10.0).later(12.5).seconds == 7.5
+    assert TrainingStatus(5, 60, 1, 9, at=10.0, running=False).later(12.5).seconds == 5
+
+
+def test_progress_shows_the_time_budget_and_no_model_summary_unless_verbose(
+    data_dir, tmp_path, monkeypatch
+):
+    """Under train.max_minutes: the time against the budget, the steps without the epochs'
+    meaningless total, the validation score; Lightning's model summary only with geopose -v
+    (GEOPOSE_VERBOSE=1). Without a time budget: steps against their total."""
+    import io
+
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from geopose.logs import ENV
+    from geopose.training.run import LineView, TrainingProgress
+
+    monkeypatch.setenv(ENV, "0")  # the CLI without -v
+    view, seen = RecordingView(), SeenCallbacks()
+    over = ["data.fold=0", "train.progress=true", "train.epochs=1000000"]
+    cfg = config(data_dir, *over, "train.max_minutes=5")
+    summary = train(cfg, tmp_path / "boxed", callbacks=[TrainingProgress(view), seen, StopAt(6)])
+    assert summary["global_step"] == 6
+    assert not any(issubclass(t, ModelSummary) for t in seen.types)
+    assert view.calls == ["start", "stop"]
+    texts = [s.text() for s in view.statuses]
+    assert all(s.budget_seconds == 300 and not s.shows_total() for s in view.statuses)
+    assert all(" / 05:00  " in t and "000,000" not in t for t in texts)
+    assert any(s.validating for s in view.statuses)
+    last = view.statuses[-1]
+    assert not last.running and last.steps == 6 and last.validating is None
+    assert last.val_score <= summary["best_score"] + 1e-6  # the latest, the best's at most
+    assert [s.steps for s in view.statuses] == sorted(s.steps for s in view.statuses)
+
+    monkeypatch.setenv(ENV, "1")  # geopose -v
+    log, seen = io.StringIO(), SeenCallbacks()
+    cfg = config(data_dir, *over, "train.max_steps=6")
+    train(cfg, tmp_path / "steps", callbacks=[TrainingProgress(LineView(log)), seen])
+    assert any(issubclass(t, ModelSummary) for t in seen.types)
+    lines = log.getvalue().splitlines()  # not a terminal: a line per validation, and the end
+    assert len(lines) == 3 and all(ln.startswith("train ━") and len(ln) <= 80 for ln in lines)
+    assert "  6 / 6 steps  " in lines[-1] and "val score" in lines[-1]
+    # train.progress=false: no display, even one passed in
+    view = RecordingView()
+    cfg = config(data_dir, "train.max_steps=2", "data.fold=null")
+    train(cfg, tmp_path / "quiet", callbacks=[TrainingProgress(view)])
+    assert view.calls == [] and view.statuses == []

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from geopose.errors import GeoposeDataError, GeoposeError, OutputExistsError
 
 if TYPE_CHECKING:
+    from geopose.training.run import TrainingView
     from geopose.types import ProgressFn
 
 DEMO_RECIPE = "cpu_small"
@@ -270,8 +271,13 @@ def train_model(
         log(f"train: reusing {s.run}")
     summary = json.loads((s.run / SUMMARY).read_text())
     best = summary.get("best_checkpoint")
-    ckpt = Path(best) if best and Path(best).is_file() else Path(summary["last_checkpoint"])
-    log(f"train: {summary['global_step']} steps; predicting with {ckpt.name}")
+    if best and Path(best).is_file():
+        ckpt, which = Path(best), "the best weights"
+        if summary.get("best_score") is not None:
+            which += f" (val score {summary['best_score']:.3f})"
+    else:
+        ckpt, which = Path(summary["last_checkpoint"]), "the last weights"
+    log(f"train: {summary['global_step']:,} steps; predicting with {which}")
     return ckpt
 
 
@@ -291,58 +297,54 @@ def predict_test(
     done so far replaces the estimate as it comes.
     Returns ``{"asked", "used": {mode: images}, "reused", "no_direction"}``.
     """
-    from geopose.inference.predictor import Predictor, predict_jobs, resolve_jobs
+    from geopose.inference.jobs import predict_jobs, resolve_jobs
+    from geopose.inference.predictor import Predictor
 
     jobs = resolve_jobs(s.data / "test")
     log(f"predict: {len(jobs)} test images, TTA {s.tta}")
     planner = None
     if costs is not None and math.isfinite(deadline):
         planner = TtaPlanner(s.tta, len(jobs), deadline, costs.after_predict(s), costs, load)
-    held: list[Predictor] = []
+    loaded: list[Predictor] = []  # the model, loaded once; the TTA in use: current[0]
+    current: list[Predictor] = []
     used: dict[str, int] = {}
-    state = {"since": clock(), "model": 0.0}
+    state = {"since": clock()}
 
-    def load_model() -> Predictor:
-        # Scored predictions: the scale shrinks where the TTA views disagree on the direction.
-        predictor = Predictor.from_checkpoints(
-            [(ckpt, 1.0)], tta=s.tta, device="cpu", max_batch=8, shrink_scale=True
-        )[0]
-        forward = predictor.predict
+    def predictor() -> Predictor:
+        if not loaded:
+            # Scored predictions: the scale shrinks where the TTA views disagree on the direction.
+            model = Predictor.from_checkpoints(
+                [(ckpt, 1.0)], tta=s.tta, device="cpu", max_batch=8, shrink_scale=True
+            )[0]
+            loaded.append(model)
+            current.append(model)
+            state["since"] = clock()
+            if planner is not None:
+                mode = planner.choose(clock())
+                if mode != s.tta:
+                    log(f"predict: running late: TTA {s.tta} -> {mode}")
+                    current[0] = model.with_tta(mode)
+        return current[0]
 
-        def timed(rgb: Any, gsd: float, city: int = -1) -> Any:
-            t = clock()
-            out = forward(rgb, gsd, city)
-            state["model"] = clock() - t
-            return out
-
-        predictor.predict = timed  # type: ignore[method-assign]
-        state["since"] = clock()
-        if planner is not None:
-            predictor.tta = planner.choose(clock())
-            if predictor.tta != s.tta:
-                log(f"predict: running late: TTA {s.tta} -> {predictor.tta}")
-        held.append(predictor)
-        return predictor
-
-    def on_done(job: Any, status: str) -> None:
+    def on_done(job: Any, outcome: Any) -> None:
         now = clock()
         if planner is not None:
             planner.left -= 1
-        if status == "written":
-            predictor = held[0]
-            used[predictor.tta] = used.get(predictor.tta, 0) + 1
+        if outcome.status == "written":
+            mode = current[0].tta
+            used[mode] = used.get(mode, 0) + 1
             if planner is not None and planner.left > 0:
-                planner.done(predictor.tta, state["model"], now - state["since"])
-                mode = planner.choose(now)
-                if mode != predictor.tta:
+                planner.done(mode, outcome.model_seconds, now - state["since"])
+                nxt = planner.choose(now)
+                if nxt != mode:
                     log(
-                        f"predict: {'running late: ' * (mode != s.tta)}TTA {predictor.tta} -> "
-                        f"{mode} for the {planner.left} image(s) left"
+                        f"predict: {'running late: ' * (nxt != s.tta)}TTA {mode} -> "
+                        f"{nxt} for the {planner.left} image(s) left"
                     )
-                    predictor.tta = mode
+                    current[0] = loaded[0].with_tta(nxt)
         state["since"] = now
 
-    summary = predict_jobs(load_model, jobs, s.pred, on_done=on_done)
+    summary = predict_jobs(predictor, jobs, s.pred, on_done=on_done, clock=clock)
     if len(used) > 1 or (used and s.tta not in used):
         done = ", ".join(f"{mode} for {n}" for mode, n in used.items())
         log(f"predict: TTA {done} image(s), to end in time")
@@ -438,7 +440,8 @@ class SpeedProbe:
     architecture (untrained, so just as fast) with the demo's TTA, kept for re-measuring."""
 
     def __init__(self, s: DemoSettings, model_cfg: dict) -> None:
-        from geopose.inference.predictor import Predictor, resolve_jobs
+        from geopose.inference.jobs import resolve_jobs
+        from geopose.inference.predictor import Predictor
         from geopose.io import read_rgb
         from geopose.models import create_model
 
@@ -464,7 +467,7 @@ class SpeedProbe:
 
 def measure_post_costs(s: DemoSettings, probe: SpeedProbe) -> PostCosts:
     """Time the steps after training (:class:`PostCosts`) on the probe's test image."""
-    from geopose.inference.predictor import write_outputs
+    from geopose.inference.jobs import write_outputs
     from geopose.io import agl_name, vflow_name
     from geopose.rectify import rectify_files
     from geopose.viz.figures import figure_png, image_figure
@@ -681,7 +684,7 @@ class TtaPlanner:
 
 def pending_predictions(s: DemoSettings) -> int:
     """Test images without valid predictions yet (a re-run predicts only those)."""
-    from geopose.inference.predictor import outputs_valid, resolve_jobs
+    from geopose.inference.jobs import outputs_valid, resolve_jobs
 
     return sum(not outputs_valid(j, s.pred) for j in resolve_jobs(s.data / "test"))
 
@@ -706,10 +709,18 @@ def claim_folder(out: Path) -> None:
     (out / MARKER).touch()
 
 
-def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None = None) -> dict:
+def run_demo(
+    s: DemoSettings,
+    log: Log = print,
+    on_progress: ProgressFn | None = None,
+    training_view: TrainingView | None = None,
+) -> dict:
     """Run every step; returns the scores (the same numbers ``geopose evaluate`` prints) and,
     under ``demo``, what the time box did (also saved in ``scores.json``). ``log(line)`` tells
-    each step; ``on_progress(stage, done, total)`` follows the data's rendering."""
+    each step; ``on_progress(stage, done, total)`` follows the data's rendering;
+    ``training_view`` draws the training's progress (time used of the training's budget,
+    steps, validation score: :class:`geopose.training.run.TrainingProgress`; default: one
+    plain line on stderr)."""
     if s.minutes <= 0:
         raise GeoposeError(f"--minutes must be positive, got {s.minutes}")
     started = clock()
@@ -734,8 +745,8 @@ def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None =
     n_predict = pending_predictions(s)
     reserve = costs.post(s, n_predict) + END_OF_TRAINING_SECONDS
     log(
-        f"time box: a test image takes {costs.predict(s.tta, 1):.2f} s with TTA {s.tta} now; "
-        f"keeping {reserve:.0f} s for predict ({n_predict} images), evaluate, rectify, report"
+        f"time box: {reserve:.0f} s kept to predict {n_predict} images "
+        f"({costs.predict(s.tta, 1):.2f} s each) and report"
     )
     mark("measure")
     box = TrainTimeBox(
@@ -746,7 +757,12 @@ def run_demo(s: DemoSettings, log: Log = print, on_progress: ProgressFn | None =
         probe_seconds=costs.view * n_views(s.tta),
     )
     minutes = max(s.min_train_minutes, (deadline - clock() - reserve) / 60)
-    ckpt = train_model(s, minutes, log, callbacks=[time_box_callback(box)])
+    callbacks = [time_box_callback(box)]
+    if training_view is not None:
+        from geopose.training.run import TrainingProgress
+
+        callbacks.append(TrainingProgress(training_view))
+    ckpt = train_model(s, minutes, log, callbacks=callbacks)
     mark("train")
     predicted = predict_test(s, ckpt, log, deadline, costs, box.load())
     mark("predict")

@@ -4,10 +4,9 @@
 :func:`reuse_freed_memory`: glibc's malloc gives every block above its mmap threshold (128 KiB
 at start, rising to at most 32 MiB as such blocks are freed) fresh pages from the kernel, and
 returns them when it is freed. PyTorch on the CPU allocates each activation anew, so a model's
-forward pass touches all its activation memory as new pages every call: measured with
-``cpu_small`` on a 1024² tile (2 cores, fp32), about 400,000 minor page faults (1.5 GB) and
-1.45 s per tile; with freed memory kept for reuse, 0 faults and 0.85-1.0 s
-(about -35 %).
+forward pass touches all its activation memory as new pages every call; keeping freed
+memory for reuse removes those page faults and makes a 1024² tile about a third faster
+(BENCHMARKS.md, Satellite scenes).
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ def reuse_freed_memory() -> bool:
     """Keep freed heap memory in the process for reuse (glibc ``mallopt``: mmap threshold
     :data:`MMAP_THRESHOLD`, trim threshold :data:`TRIM_THRESHOLD`) instead of giving it back to
     the system after every large tensor (module doc). The resident memory then stays near its
-    peak instead of falling between calls (the 16384² scene benchmark peaked at 2.61 GiB with
-    it, 2.55-2.57 GiB without). Once per process;
+    peak instead of falling between calls (a few percent more peak memory). Once per process;
     returns whether it applied (False off Linux/glibc, or when ``MALLOC_MMAP_THRESHOLD_`` or
     ``MALLOC_TRIM_THRESHOLD_`` is set in the environment)."""
     if not sys.platform.startswith("linux") or any(v in os.environ for v in _ENV):

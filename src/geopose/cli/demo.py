@@ -3,12 +3,72 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from geopose.cli.app import app, console, progress_bar
 from geopose.demo import TRAIN_IMAGES
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+
+    from geopose.training.run import TrainingStatus
+
+BAR_WIDTH = (10, 40)
+"""Narrowest and widest training bar, columns: the terminal's width less 70 (the status text
+takes up to about 60), kept still as the text grows."""
+
+
+class RichTrainingView:
+    """Draws the training's progress (:class:`geopose.training.run.TrainingProgress`) as one
+    rich line, e.g. ``train ━━━━━━━━╸━━━━━  03:12 / 06:40  1,234 steps  val score 0.710``:
+    the time used of the training's budget (mm:ss), the optimizer steps, the loss and the
+    latest validation score. Redrawn twice a second (the clock runs between steps, which take
+    seconds on a CPU); the last state stays on screen."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status: TrainingStatus | None = None
+        self.live: Live | None = None
+
+    def render(self) -> RenderableType:
+        """The line for the latest status, its clock moved on to now."""
+        import time
+
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        if self.status is None:
+            return Text("")
+        status = self.status.later(time.monotonic())
+        width = min(BAR_WIDTH[1], max(BAR_WIDTH[0], self.console.width - 70))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(
+            Text("train", style="bold"),
+            ProgressBar(total=1.0, completed=status.fraction(), width=width),
+            Text(status.text(), no_wrap=True, overflow="ellipsis"),
+        )
+        return grid
+
+    def start(self) -> None:
+        from rich.live import Live
+
+        self.live = Live(
+            console=self.console, get_renderable=self.render, refresh_per_second=2, transient=False
+        )
+        self.live.start()
+
+    def update(self, status: TrainingStatus) -> None:
+        self.status = status
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()  # draws the last status once more, and leaves it
+            self.live = None
 
 
 @app.command()
@@ -69,7 +129,7 @@ def demo(
         console.print(f"[dim]{(time.monotonic() - t0) / 60:5.1f} min[/] {escape(msg)}")
 
     with progress_bar() as on_progress:
-        scores = run_demo(settings, log, on_progress)
+        scores = run_demo(settings, log, on_progress, RichTrainingView(console))
     table = Table(title="geopose demo: test scores (geopose evaluate)")
     for col in ("city", "score", "R² AGL", "R² VFLOW", "angle err °", "scale err px/m"):
         table.add_column(col, justify="right")

@@ -16,10 +16,19 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-def _size(entry, cached: Path | None) -> str:
-    if cached is not None:
-        return f"{cached.stat().st_size / 2**20:.0f} MB"
-    return f"{entry.size_mb:.0f} MB" if entry.size_mb else "?"
+UNKNOWN = "\N{EN DASH}"
+"""What a cell shows where nothing is known (a size no one published, a missing score)."""
+
+
+def _size(n_bytes: int | None) -> str:
+    """A model's size (:func:`geopose.models.zoo.catalog.cached_bytes`): kB below 1 MB, MB,
+    GB from 1000 MB (binary units); :data:`UNKNOWN` when not known."""
+    if n_bytes is None:
+        return UNKNOWN
+    mb = n_bytes / 2**20
+    if mb < 1:
+        return f"{n_bytes / 2**10:.0f} kB"
+    return f"{mb / 1024:.1f} GB" if mb >= 1000 else f"{mb:.0f} MB"
 
 
 _STATE = {
@@ -43,15 +52,19 @@ def _host(entry) -> str:
 @models_app.callback(invoke_without_command=True)
 def models(
     ctx: typer.Context,
+    wide: bool = typer.Option(
+        False, "--wide", "-l", help="Also the variant, source and licence of each model."
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print everything (URLs, files, notes) as JSON."
     ),
 ) -> None:
-    """List the published models (name, family, score, size, source, licence, cached) and the
-    authors' ensembles. Use a name with `predict --model`, `export --model` or
-    `train --init-from` once downloaded. The cached column compares sizes with the download
-    records only ("changed": re-download with `geopose models download NAME --force`); the
-    files are hashed when they are used."""
+    """List the published models (name, family, size, cached; with --wide also the variant,
+    source and licence) and the authors' ensembles. Use a name with `predict --model`,
+    `export --model` or `train --init-from` once downloaded. Sizes are known once a model is
+    downloaded (no author published them). The cached column compares sizes with the
+    download records only ("changed": re-download with `geopose models download NAME
+    --force`); the files are hashed when they are used."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -63,34 +76,36 @@ def models(
 
         print(json.dumps(catalog.listing(), indent=1))
         return
-    entries = [(e, catalog.cached_path(e.name)) for e in catalog.list_entries()]
-    table = Table(title="Published models", title_justify="left")
-    for col in ("name", "family", "variant", "size", "source", "licence", "cached"):
-        table.add_column(col, overflow="fold", no_wrap=col == "name")
-    for e, cached in entries:
-        table.add_row(
-            e.name,
-            e.family,
-            escape(e.variant),
-            _size(e, cached),
-            escape(_host(e)),
-            escape(e.licence.split(" ", 1)[0]),
-            _STATE[catalog.cache_state(e.name)],
-        )
+    # --wide: the variant, source and licence under each name, so that it fits 80 columns too
+    table = Table(title="Published models", title_justify="left", show_lines=wide)
+    table.add_column("name, variant, source, licence" if wide else "name", no_wrap=not wide)
+    table.add_column("family", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    for e in catalog.list_entries():
+        name = e.name
+        if wide:
+            licence = e.licence.split(" ", 1)[0]
+            name += f"\n[dim]{escape(e.variant)}\n{escape(_host(e))}, {escape(licence)}[/]"
+        size = _size(catalog.cached_bytes(e.name))
+        table.add_row(name, e.family, size, _STATE[catalog.cache_state(e.name)])
     console.print(table)
     ens = Table(title="The authors' submissions (ensembles)", title_justify="left")
-    for col in ("name", "members", "TTA", "private score", "cached"):
-        ens.add_column(col, overflow="fold")
+    ens.add_column("name", no_wrap=True)
+    for col in ("members", "TTA", "private score", "cached"):
+        ens.add_column(col, justify="right" if col != "TTA" else "left", no_wrap=True)
     for e in catalog.ENSEMBLES.values():
         n_cached = sum(catalog.cached_path(m) is not None for m, _ in e.members)
-        score = f"{e.authors_score:.4f}" if e.authors_score is not None else "-"
+        score = f"{e.authors_score:.4f}" if e.authors_score is not None else UNKNOWN
         ens.add_row(e.name, str(len(e.members)), e.tta, score, f"{n_cached}/{len(e.members)}")
     console.print(ens)
     console.print(
-        f"cache: {escape(str(catalog.cache_dir()))} (GEOPOSE_CACHE moves it); URLs, files and "
-        "notes: geopose models --json",
+        f"cache: {escape(str(catalog.cache_dir()))} (GEOPOSE_CACHE moves it)", highlight=False
+    )
+    console.print(
+        "download: geopose models download NAME (an ensemble's name: all its members)\n"
+        f"more: geopose models {'--json (URLs, files, notes)' if wide else '--wide, --json'}",
         highlight=False,
-        soft_wrap=True,
     )
 
 

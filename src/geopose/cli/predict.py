@@ -153,6 +153,10 @@ def predict(
         )
     if report is None:  # not rank 0
         return
+    for line in report.warnings:
+        err_console.print(
+            f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True
+        )
     for i, r in enumerate(report.ranks):
         per = r.seconds / len(r.written) if r.written else 0.0
         console.print(
@@ -164,7 +168,8 @@ def predict(
     console.print(
         f"{report.n_images} image(s): {len(report.written)} predicted, {len(report.skipped)} "
         f"already done" + (f", {len(failed)} failed" if failed else "") + f"; "
-        f"{len(report.members)} model(s), TTA {report.tta}, {report.device} -> {escape(str(out))}",
+        f"{len(report.members)} model(s), TTA {report.tta or '-'}, {report.device} -> "
+        f"{escape(str(out))}",
         highlight=False,
         soft_wrap=True,
     )

@@ -237,7 +237,7 @@ class CacheSource(ImageSource):
 
     def _mapped(self, i: int, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """Image ``i``'s memory maps, kept for the next crop of it (mapping the two files anew
-        took a third of a crop's time); the oldest are let go beyond :data:`MAX_MAPPED`."""
+        takes a third of a crop's time); the oldest are let go beyond :data:`MAX_MAPPED`."""
         got = self._maps.get(i)
         if got is not None:
             return got

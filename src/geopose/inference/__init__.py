@@ -1,6 +1,8 @@
-"""Inference: D4 test-time augmentation, tiled full-size prediction, ensembles, folders of
-images to competition submissions or GeoTIFFs, sharded over torchrun ranks, satellite scenes of
-any size window by window into COGs (``predict_scene``).
+"""Inference: D4 test-time augmentation (``tta``), tiled full-size prediction (``tiling``),
+ensembles (``ensemble``), the predictor (``predictor``), satellite scenes of any size window by
+window into COGs (``scene``, with its background threads in ``background``), folders of images
+as jobs through one loop (``jobs``), and ``geopose predict`` as a function, sharded over
+torchrun ranks (``run``).
 
 >>> from geopose.inference import Predictor
 >>> predictor, _ = Predictor.from_checkpoints([("best.ckpt", 1.0)], tta="d4", device="cuda")
@@ -8,20 +10,24 @@ any size window by window into COGs (``predict_scene``).
 """
 
 from geopose.inference.average import average_outputs, mean_direction, weighted_mean
-from geopose.inference.ensemble import Ensemble, load_ensemble, read_ensemble_spec
-from geopose.inference.predictor import (
+from geopose.inference.ensemble import Ensemble
+from geopose.inference.jobs import (
     ImageJob,
-    ImagePrediction,
-    Predictor,
+    JobOutcome,
     RunSummary,
+    SceneOptions,
     predict_jobs,
     resolve_jobs,
 )
+from geopose.inference.predictor import ImagePrediction, Predictor
 from geopose.inference.run import PredictReport, run_predict
 from geopose.inference.scene import SceneResult, predict_scene
 from geopose.inference.tiling import predict_tiled, tile_starts
 from geopose.inference.tta import (
+    TTA_MODES,
     TTA_VIEWS,
+    TtaChoice,
+    choose_tta,
     d4_direction,
     d4_direction_inverse,
     d4_field,
@@ -33,28 +39,31 @@ from geopose.inference.tta import (
 )
 
 __all__ = [
+    "TTA_MODES",
     "TTA_VIEWS",
     "Ensemble",
     "ImageJob",
+    "JobOutcome",
     "ImagePrediction",
     "PredictReport",
     "Predictor",
     "RunSummary",
+    "SceneOptions",
     "SceneResult",
+    "TtaChoice",
     "average_outputs",
+    "choose_tta",
     "d4_direction",
     "d4_direction_inverse",
     "d4_field",
     "d4_field_inverse",
     "d4_tensor",
     "d4_tensor_inverse",
-    "load_ensemble",
     "mean_direction",
     "predict_jobs",
     "predict_scene",
     "predict_tiled",
     "predict_tta",
-    "read_ensemble_spec",
     "resolve_jobs",
     "run_predict",
     "tile_starts",

@@ -2,11 +2,11 @@
 submission), sharded over the ranks of a torchrun job when there is one.
 
 :func:`run_predict` takes the models as the command does (files, published model or ensemble
-names, an ensemble YAML; :func:`resolve_members`), picks the TTA (:func:`choose_tta`) and the
-device (:func:`choose_device`), and reports progress through one
-:data:`~geopose.types.ProgressFn`: stage ``images`` counts this rank's images, and a scene's
-inner stages are ``"{stem}: predict"`` (tiles), ``"{stem}: flow"`` and ``"{stem}: rectify"``
-(:func:`scene_stage`).
+names, an ensemble YAML: ``geopose.models.loading.resolve_models``), the TTA
+(``geopose.inference.tta.choose_tta``, once the models are loaded) and the device
+(:func:`choose_device`), and reports progress through one :data:`~geopose.types.ProgressFn`:
+stage ``images`` counts this rank's images, and a scene's inner stages are
+``"{stem}: predict"`` (tiles), ``"{stem}: flow"`` and ``"{stem}: rectify"`` (:func:`scene_stage`).
 """
 
 from __future__ import annotations
@@ -16,22 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import geopose.inference.distributed as dist
 from geopose.errors import ConfigError, GeoposeDataError, OutputExistsError
-from geopose.inference import distributed as dist
-from geopose.inference.ensemble import Member, read_ensemble_spec
-from geopose.inference.predictor import ImageJob, Predictor, RunSummary, predict_jobs, resolve_jobs
-from geopose.inference.scene import SCENE_TILE, predict_scene_jobs
+from geopose.inference.jobs import (
+    ImageJob,
+    JobOutcome,
+    RunSummary,
+    SceneOptions,
+    predict_jobs,
+    resolve_jobs,
+)
+from geopose.inference.predictor import Predictor
+from geopose.inference.scene import SCENE_TILE
+from geopose.inference.tta import check_tta, choose_tta
 from geopose.io import check_output_dir, check_output_file, pack_submission
-from geopose.models.zoo.catalog import TTA_MODES
+from geopose.models.loading import Member, load_models, resolve_models
 
 if TYPE_CHECKING:
     from geopose.types import ProgressFn
 
 IMAGES_STAGE = "images"
 """The progress stage that counts a rank's images (``on_progress("images", done, total)``)."""
-
-DEFAULT_TTA = "d4"
-"""The TTA of a run that names none and no published ensemble."""
 
 Model = str | Path | tuple[str | Path, float]
 """A model of a run: a file or a published model / ensemble name, or ``(that, weight)``."""
@@ -41,53 +46,6 @@ def scene_stage(stem: str, stage: str) -> str:
     """The progress stage of ``stage`` (``predict``, ``flow``, ``rectify``) inside scene
     ``stem``: ``"{stem}: {stage}"``."""
     return f"{stem}: {stage}"
-
-
-def resolve_members(
-    models: Sequence[Model] = (), ensemble: str | Path | None = None
-) -> tuple[list[Member], str | None]:
-    """The models of a run -> ``(members, authors_tta)``.
-
-    ``models`` (weight 1 unless given as ``(spec, weight)``) have their published ensemble
-    names expanded (:func:`geopose.models.expand_specs`); the ``ensemble`` YAML spec's members
-    follow. Every member must be a file or a downloaded published model: a missing one raises
-    :class:`~geopose.errors.GeoposeDataError` saying how to get it; no model at all raises
-    :class:`~geopose.errors.ConfigError`. ``authors_tta`` is the TTA of the first published
-    ensemble named, else None.
-    """
-    from geopose.models import expand_specs, resolve_spec
-
-    specs = [m if isinstance(m, tuple) else (m, 1.0) for m in models]
-    members, authors_tta = expand_specs(specs)
-    if ensemble is not None:
-        members += read_ensemble_spec(ensemble)
-    if not members:
-        raise ConfigError(
-            "give at least one model (a checkpoint, a published model name or file), or "
-            "--ensemble spec.yaml"
-        )
-    for spec, _ in members:
-        resolve_spec(spec)  # a missing file or an undownloaded name stops here, with its fix
-    return members, authors_tta
-
-
-def choose_tta(
-    tta: str | None, authors_tta: str | None = None, configs: Sequence[dict] = ()
-) -> str:
-    """The TTA of a run: ``tta`` when given (one of :data:`TTA_MODES`, else
-    :class:`~geopose.errors.ConfigError`), else the authors' of a published ensemble, else
-    the one the models' training ``configs`` suit (:func:`~geopose.inference.tta.learned_tta`:
-    :data:`DEFAULT_TTA`, or ``none`` for a model trained without D4 augmentation)."""
-    from geopose.inference.tta import learned_tta
-
-    check_tta(tta)
-    return tta or authors_tta or learned_tta(configs)
-
-
-def check_tta(tta: str | None) -> None:
-    """:class:`~geopose.errors.ConfigError` unless ``tta`` is None or one of :data:`TTA_MODES`."""
-    if tta is not None and tta not in TTA_MODES:
-        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
 
 
 def choose_device(device: str | None) -> str:
@@ -111,8 +69,10 @@ class PredictReport:
     device: str
     members: list[Member] = field(default_factory=list)
     """The weighted models run (published ensembles expanded)."""
-    tta: str = DEFAULT_TTA
-    """The TTA run (:func:`choose_tta`)."""
+    tta: str | None = None
+    """The TTA run (``geopose.inference.tta.choose_tta``); None when no image needed a model."""
+    warnings: list[str] = field(default_factory=list)
+    """One line each: the TTA asked for gives the models views they never trained on."""
     tar: Path | None = None
     problems: list[str] = field(default_factory=list)
     unresolved: list[tuple[str, str]] = field(default_factory=list)
@@ -147,18 +107,6 @@ def _check_tar(jobs: Sequence[ImageJob], tar: Path, overwrite: bool) -> None:
         )
 
 
-def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
-    """One rank's summary of its whole images and its scenes."""
-    return RunSummary(
-        written=a.written + b.written,
-        skipped=a.skipped + b.skipped,
-        redone=a.redone + b.redone,
-        seconds=a.seconds + b.seconds,
-        failed=a.failed + b.failed,
-        no_direction=a.no_direction + b.no_direction,
-    )
-
-
 def _pack_and_validate(out_dir: Path, tar: Path, images_dir: Path, overwrite: bool) -> list[str]:
     from geopose.validate import validate_submission
 
@@ -190,9 +138,11 @@ def run_predict(
 ) -> PredictReport | None:
     """Predict every image of ``images_dir`` into ``out_dir``; see ``geopose predict --help``.
 
-    ``models`` and ``ensemble`` (a YAML spec) give the members (:func:`resolve_members`);
-    ``tta`` None: the authors' TTA of a published ensemble, else the models' own (``d4``, or
-    ``none`` for models trained without D4 augmentation; :func:`choose_tta`);
+    ``models`` and ``ensemble`` (a YAML spec) give the members
+    (``geopose.models.loading.resolve_models``); ``tta`` None: the authors' TTA of a published
+    ensemble, else the models' own (``d4``, or ``none`` for models trained without D4
+    augmentation; ``geopose.inference.tta.choose_tta``, with a warning in the report when an
+    asked TTA gives the models views they never trained on);
     ``device`` None: CUDA when available (:func:`choose_device`). These are checked first, in
     this order (one-line :class:`~geopose.errors.GeoposeError`), before anything is written.
 
@@ -213,11 +163,16 @@ def run_predict(
     stretch, nodata)``; ``rectify`` also writes their nadir views.
     """
     check_tta(tta)
-    members, authors_tta = resolve_members(models, ensemble)
-    asked = tta or authors_tta  # None: what the models were trained for, once loaded
+    specs = resolve_models(models, ensemble)
     device = choose_device(device)
-    if scene_overlap is None:
-        scene_overlap = max(16, scene_tile // 8)
+    scenes = SceneOptions(
+        bands=bands,
+        stretch=stretch,
+        nodata=nodata,
+        tile=scene_tile,
+        overlap=max(16, scene_tile // 8) if scene_overlap is None else scene_overlap,
+        rectify=rectify,
+    )
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     check_output_dir(out_dir)
     if tar is not None:
@@ -239,24 +194,29 @@ def run_predict(
         mine = dist.shard(jobs, info.rank, info.world_size)
 
         loaded: list[Predictor] = []
+        warnings: list[str] = []
 
         def load() -> Predictor:  # once, and only when an image needs predicting
             if not loaded:
-                predictor, configs = Predictor.from_checkpoints(
-                    members,
-                    tta=asked or DEFAULT_TTA,
-                    device=dev,
-                    max_batch=batch,
-                    tile_size=tile_size,
-                    shrink_scale=shrink_scale,
+                got = load_models(specs.members)
+                choice = choose_tta(tta, specs.authors_tta, got.configs)
+                warnings.extend([choice.warning] if choice.warning else [])
+                loaded.append(
+                    Predictor(
+                        got.models,
+                        got.weights,
+                        tta=choice.mode,
+                        device=dev,
+                        max_batch=batch,
+                        tile_size=tile_size,
+                        shrink_scale=shrink_scale,
+                    )
                 )
-                predictor.tta = choose_tta(asked, None, configs)
-                loaded.append(predictor)
             return loaded[0]
 
         finished = [0]
 
-        def on_done(job: ImageJob, status: str) -> None:
+        def on_done(job: ImageJob, outcome: JobOutcome) -> None:
             finished[0] += 1
             if on_progress is not None:
                 on_progress(IMAGES_STAGE, finished[0], len(mine))
@@ -267,25 +227,15 @@ def run_predict(
 
         if on_progress is not None:
             on_progress(IMAGES_STAGE, 0, len(mine))
-        whole = [j for j in mine if not j.scene]
-        scenes = [j for j in mine if j.scene]
-        summary = predict_jobs(load, whole, out_dir, overwrite=overwrite, on_done=on_done)
-        if scenes:
-            scene_summary, _ = predict_scene_jobs(
-                load,
-                scenes,
-                out_dir,
-                overwrite=overwrite,
-                rectify=rectify,
-                bands=bands,
-                stretch=stretch,
-                nodata=nodata,
-                tile=scene_tile,
-                overlap=scene_overlap,
-                on_done=on_done,
-                on_progress=on_scene_progress,
-            )
-            summary = _merge(summary, scene_summary)
+        summary = predict_jobs(
+            load,
+            mine,
+            out_dir,
+            overwrite=overwrite,
+            scenes=scenes,
+            on_done=on_done,
+            on_progress=on_scene_progress,
+        )
         dist.barrier()
         summaries = dist.gather_to_main(summary, info)
         report = None
@@ -294,8 +244,9 @@ def run_predict(
                 ranks=summaries,
                 n_images=len(jobs) + len(unresolved),
                 device=str(dev),
-                members=list(members),
-                tta=loaded[0].tta if loaded else asked or DEFAULT_TTA,
+                members=list(specs.members),
+                tta=loaded[0].tta if loaded else None,
+                warnings=warnings,
                 unresolved=unresolved,
             )
             if tar is not None:

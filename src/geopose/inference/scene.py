@@ -44,27 +44,27 @@ writer thread compresses and writes finished strips: I/O overlaps compute.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from geopose.errors import GeoposeDataError
 from geopose.geometry import vector_to_angle
-from geopose.inference.predictor import Predictor, RunSummary, flow_name
+from geopose.inference.background import BackgroundWriter, background_writer, prefetch
+from geopose.inference.predictor import Predictor
 from geopose.inference.tiling import axis_weights, tile_starts
 from geopose.io import (
     SCENE_CACHE_MB,
     agl_name,
     ensure_output_dir,
+    flow_name,
+    nadir_paths,
     read_vflow,
     vflow_name,
     write_text_atomic,
@@ -83,8 +83,6 @@ ProgressFn = Callable[[str, int, int], None]
 """``on_progress(stage, done, total)``; stage ``predict`` (tiles), ``flow`` or ``rectify``
 (strips / windows)."""
 
-T = TypeVar("T")
-
 
 # --- outputs ------------------------------------------------------------------------------
 
@@ -98,8 +96,6 @@ def pose_name(stem: str) -> str:
 
 def scene_output_paths(out_dir: str | Path, stem: str, rectify: bool = False) -> dict[str, Path]:
     """The files :func:`predict_scene` writes, in writing order (``vflow`` last)."""
-    from geopose.rectify import output_paths as nadir_paths
-
     out_dir = Path(out_dir)
     paths = {"agl": out_dir / agl_name(stem), "flow": out_dir / flow_name(stem)}
     if rectify:
@@ -177,109 +173,6 @@ class PoseVote:
 
 
 # --- background reading and writing -------------------------------------------------------
-
-
-def prefetch(items: Iterable[T], depth: int = 2, enabled: bool = True) -> Iterator[T]:
-    """Iterate ``items`` in a background thread, up to ``depth`` items ahead (a reader
-    thread: GDAL reads and numpy stretches release the GIL while the model runs). An error in
-    the thread is raised here; closing the iterator early stops the thread."""
-    if not enabled:
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for x in items:
-                if not put((True, x)):
-                    return
-            put((False, None))
-        except BaseException as exc:  # handed to the consumer
-            put((False, exc))
-
-    thread = threading.Thread(target=run, name="geopose-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, x = q.get()
-            if not ok:
-                if x is not None:
-                    raise x
-                return
-            yield x
-    finally:
-        stop.set()
-        thread.join()
-
-
-class BackgroundWriter:
-    """Calls ``write(array, window)`` of block writers in one background thread, in order,
-    at most ``depth`` writes queued (so a slow disk holds back the model, not memory).
-
-    An error in the thread is raised by the next :meth:`put` or by :meth:`close`.
-    """
-
-    def __init__(self, depth: int = 2, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.error: BaseException | None = None
-        if enabled:
-            self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-            self.thread = threading.Thread(target=self._run, name="geopose-writer", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            if self.error is None:
-                try:
-                    writer, array, window = job
-                    writer.write(array, window)
-                except BaseException as exc:  # raised in the main thread
-                    self.error = exc
-
-    def put(self, writer: Any, array: np.ndarray, window: Any) -> None:
-        """Queue ``writer.write(array, window)``."""
-        if not self.enabled:
-            writer.write(array, window)
-            return
-        if self.error is not None:
-            raise self.error
-        self.q.put((writer, array, window))
-
-    def close(self, raise_error: bool = True) -> None:
-        """Wait for the queued writes; raise the thread's error if there was one (and
-        ``raise_error``)."""
-        if self.enabled and self.thread.is_alive():
-            self.q.put(None)
-            self.thread.join()
-        if raise_error and self.error is not None:
-            raise self.error
-
-
-@contextlib.contextmanager
-def background_writer(enabled: bool = True, depth: int = 2) -> Iterator[BackgroundWriter]:
-    """A :class:`BackgroundWriter` whose thread has finished when the block ends (use it inside
-    the block writers' ``with``, so no write runs while they finish or abort); its error is
-    raised unless another one is on its way."""
-    bg = BackgroundWriter(depth, enabled)
-    try:
-        yield bg
-    except BaseException:
-        bg.close(raise_error=False)
-        raise
-    bg.close()
 
 
 # --- the first pass: tiles -> AGL, pose -----------------------------------------------------
@@ -604,88 +497,3 @@ def _resume_pose(note: Path, agl_path: Path, result: SceneResult) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
-
-
-# --- a list of jobs (geopose predict) --------------------------------------------------------
-
-
-def predict_scene_jobs(
-    predictor: Predictor | Callable[[], Predictor],
-    jobs: Iterable[Any],
-    out_dir: str | Path,
-    overwrite: bool = False,
-    rectify: bool = False,
-    bands: tuple[int, ...] | None = None,
-    stretch: str | None = None,
-    nodata: float | None = None,
-    tile: int = SCENE_TILE,
-    overlap: int = SCENE_OVERLAP,
-    on_done: Callable[[Any, str], None] | None = None,
-    on_progress: Callable[[Any, str, int, int], None] | None = None,
-) -> tuple[RunSummary, list[SceneResult]]:
-    """Predict scene jobs (``geopose.inference.predictor.ImageJob`` with ``scene=True``) with
-    :func:`predict_scene`, each read through ``geopose.io.scene.Scene(path, bands, stretch,
-    nodata)`` (``stretch`` None: ``"auto"``).
-
-    A scene with complete outputs is skipped unless ``overwrite``; one that cannot be read (or
-    whose bands/stretch do not fit it) goes to ``summary.failed`` and the others go on.
-    ``predictor`` may be a zero-argument factory, called only when a scene needs predicting.
-    ``on_done(job, status)`` follows each job; ``on_progress(job, stage, done, total)`` the
-    stages inside one. Returns the run summary and each predicted scene's result.
-    """
-    from geopose.errors import ConfigError
-    from geopose.io.scene import Scene
-
-    out_dir = Path(out_dir)
-    summary = RunSummary()
-    results: list[SceneResult] = []
-    t0 = time.perf_counter()
-    for job in jobs:
-        if not overwrite and scene_done(out_dir, job.stem, rectify):
-            summary.skipped.append(job.stem)
-            status = "skipped"
-        else:
-            stale = any(p.exists() for p in scene_output_paths(out_dir, job.stem, rectify).values())
-            try:
-                scene = Scene(job.path, bands=bands, stretch=stretch or "auto", nodata=nodata)
-            except (GeoposeDataError, ConfigError) as exc:
-                summary.failed.append((job.stem, str(exc)))
-                status = "failed"
-            else:
-                with scene:
-                    if not isinstance(predictor, Predictor):
-                        predictor = predictor()
-                    progress = None
-                    if on_progress is not None:
-                        progress = functools.partial(on_progress, job)
-                    try:
-                        res = predict_scene(
-                            predictor,
-                            scene,
-                            out_dir,
-                            job.stem,
-                            city=job.city,
-                            tile=tile,
-                            overlap=overlap,
-                            overwrite=overwrite,
-                            rectify=rectify,
-                            on_progress=progress,
-                            gsd=job.gsd,
-                        )
-                    except GeoposeDataError as exc:  # a damaged file fails on its first read
-                        summary.failed.append((job.stem, str(exc)))
-                        res = None
-                if res is None:
-                    status = "failed"
-                else:
-                    results.append(res)
-                    summary.written.append(job.stem)
-                    if stale and not overwrite:
-                        summary.redone.append(job.stem)
-                    if not res.direction_known:
-                        summary.no_direction.append(job.stem)
-                    status = "written"
-        if on_done is not None:
-            on_done(job, status)
-    summary.seconds = time.perf_counter() - t0
-    return summary, results

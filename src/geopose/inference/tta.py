@@ -1,4 +1,5 @@
-"""Test-time augmentation over the D4 group, batched.
+"""Test-time augmentation over the D4 group, batched; the TTA names and the choice of a
+run's TTA (:func:`choose_tta`) live here, and only here.
 
 Each view transforms the image (``geopose.geometry.D4`` element ``(k, transpose)``: transpose
 first if asked, then ``k`` quarter turns counter-clockwise as displayed), runs the model, and
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import torch
 
+from geopose.errors import ConfigError
 from geopose.geometry import D4, angle_to_vector, d4_angle, d4_angle_inverse
 from geopose.inference.average import average_outputs
 from geopose.types import FIELD_KINDS, GeoposeOutput
@@ -50,6 +53,48 @@ def tta_views(tta: str) -> tuple[View, ...]:
         return TTA_VIEWS[tta]
     except KeyError:
         raise ValueError(f"unknown TTA mode {tta!r}; use one of {', '.join(TTA_VIEWS)}") from None
+
+
+TTA_MODES = tuple(TTA_VIEWS)
+"""The TTA names, fewest views first: ``none``, ``flip``, ``d2``, ``d4``."""
+DEFAULT_TTA = "d4"
+"""The TTA of models trained with D4 augmentation (and of published models)."""
+
+
+def check_tta(tta: str | None) -> None:
+    """:class:`~geopose.errors.ConfigError` unless ``tta`` is None or one of :data:`TTA_MODES`."""
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+
+
+@dataclass(frozen=True)
+class TtaChoice:
+    """The TTA of a run and, when the TTA asked for gives the models views they never trained
+    on, one line saying so (else None)."""
+
+    mode: str
+    warning: str | None = None
+
+
+def choose_tta(
+    asked: str | None, authors_tta: str | None = None, configs: Sequence[dict] = ()
+) -> TtaChoice:
+    """The TTA of a run: ``asked`` when given (:func:`check_tta`), else the authors' of a
+    published ensemble, else the one the models' training ``configs`` suit
+    (:func:`learned_tta`). An ``asked`` TTA that turns or mirrors models trained without D4
+    augmentation comes with a warning: their direction is learned in the images' own
+    orientation, and the turned views average it away."""
+    check_tta(asked)
+    learned = learned_tta(configs)
+    mode = asked or authors_tta or learned
+    warning = None
+    if asked is not None and learned == "none" and len(TTA_VIEWS[asked]) > 1:
+        warning = (
+            f"--tta {asked}: the model was trained without D4 turns or mirrors (data.d4: "
+            "false), so its direction is learned in the images' own orientation and the "
+            f"turned views average it away; --tta none suits it"
+        )
+    return TtaChoice(mode, warning)
 
 
 def learned_tta(configs: Sequence[dict]) -> str:

@@ -24,16 +24,17 @@ from geopose.io.geotiff import Georef
 
 SCENE_CACHE_MB = 256
 """GDAL block cache (MB) while a scene is predicted: a tile row's input blocks (150 MB for a
-16384 px wide 4-band uint16 scene with 1024 px tiles) fit; GDAL's default is 5 % of RAM."""
+16384 px wide 4-band uint16 scene with 1024 px tiles) fit; GDAL's default is 5 % of RAM
+(BENCHMARKS.md, Satellite scenes)."""
 FINISH_CACHE_MB = 128
 """GDAL block cache (MB) while overviews are built and the COG is copied: bounds the memory of
-finishing (measured, a 16384² float32 map written in 512² tiles: 241 MB peak RSS of the whole
-process; 1.3 GB with GDAL's default of 5 % of RAM on a 23 GB machine; same time). GDAL's cache
-size is process-wide: other threads see the cap while a writer finishes."""
+finishing at no cost in time (GDAL's default, 5 % of RAM, lets the cache fill with the map's
+blocks). GDAL's cache size is process-wide: other threads see the cap while a writer
+finishes."""
 COG_LEVEL = 3
-"""Deflate level of the COGs (GDAL's default is 6). Measured on a 16384×4096 float32 AGL map
-with the predictor, one thread: level 6 2.54 s, 78.8 MiB; level 3 1.59 s, 79.8 MiB (+1.3 %);
-level 1 1.53 s, 80.1 MiB."""
+"""Deflate level of the COGs (GDAL's default is 6): level 3 compresses a float32 AGL map
+(with the predictor) in about 60 % of level 6's time, about 1 % larger (BENCHMARKS.md,
+Satellite scenes)."""
 _PREDICTED = ("DEFLATE", "LZW", "ZSTD", "LZMA")
 """Compressions that take a TIFF predictor."""
 
@@ -42,8 +43,8 @@ _PREDICTED = ("DEFLATE", "LZW", "ZSTD", "LZMA")
 def intermediate_compression() -> dict[str, Any]:
     """Creation options of the intermediate tiled GeoTIFF a :class:`BlockWriter` fills: ZSTD
     level 1 where GDAL has it, else deflate level 1. It is written once and read twice
-    (overviews, COG copy): measured on 16384×4096 float32 px written in 512-row strips, ZSTD-1
-    writes in 0.29 s and reads in 0.34 s, deflate-1 1.32 s and 1.01 s (108 vs 105 MiB)."""
+    (overviews, COG copy), and ZSTD-1 writes and reads it several times faster than deflate-1
+    at about the same size (BENCHMARKS.md, Satellite scenes)."""
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.transform import Affine
@@ -296,7 +297,8 @@ def copy_to_cog(
 
     compress = compress.upper()
     # the copy compresses every block again: GDAL's worker threads do it (nothing else runs
-    # while a writer finishes; 2 cores: 28 s -> 15 s for a 16384² float32 map, same bytes)
+    # while a writer finishes; the same bytes, about twice as fast on 2 cores: BENCHMARKS.md,
+    # Satellite scenes)
     options: dict[str, Any] = dict(compress=compress, bigtiff="IF_SAFER", num_threads="ALL_CPUS")
     cog = has_cog_driver()
     if compress in _PREDICTED:

@@ -27,6 +27,25 @@ def vflow_name(stem: str) -> str:
     return f"{stem}_VFLOW.json"
 
 
+def nadir_paths(out_dir: str | Path, stem: str, geo: bool) -> dict[str, Path]:
+    """The nadir views of ``stem`` in ``out_dir``: ``rgb`` (``{stem}_NADIR_RGB``), ``agl``
+    (``{stem}_NADIR_AGL.tif``) and ``occluded`` (``{stem}_OCCLUDED``), GeoTIFFs when ``geo``,
+    else PNGs (the AGL is a TIFF either way)."""
+    out_dir = Path(out_dir)
+    ext = ".tif" if geo else ".png"
+    return {
+        "rgb": out_dir / f"{stem}_NADIR_RGB{ext}",
+        "agl": out_dir / f"{stem}_NADIR_AGL.tif",
+        "occluded": out_dir / f"{stem}_OCCLUDED{ext}",
+    }
+
+
+def flow_name(stem: str) -> str:
+    """``{stem}_FLOW.tif``: the 2-band ``(dx, dy)`` px flow GeoTIFF of a georeferenced
+    prediction."""
+    return f"{stem}_FLOW.tif"
+
+
 def split_name(path: str | Path) -> tuple[str, str] | None:
     """``JAX_abc_AGL.tif`` -> ``("JAX_abc", "AGL")``; None for a name outside the layout."""
     m = _KIND_RE.match(Path(path).name.split(".", 1)[0])

@@ -261,8 +261,8 @@ def compute_stretch(
     the decimation with ``src.read(out_shape=..., resampling=nearest)``, which uses the file's
     overviews (JPEG 2000: its reduced resolutions) when present: much faster on big files, but
     overviews built by averaging (or wavelet reductions) are smoother than the image and narrow
-    the percentiles (measured on a synthetic 8192² 12-bit scene, average overviews, max_side
-    2048: up to 6 grey levels off the full-resolution stretch; full-resolution sampling: 0.1).
+    the percentiles (a synthetic 12-bit scene with averaged overviews stretches up to 6 grey
+    levels off the full-resolution stretch).
     A file without overviews is sampled block by block either way (GDAL's own decimated read
     of such a file re-decodes tiles once its block cache is smaller than a row of tiles:
     minutes instead of seconds).

@@ -114,9 +114,10 @@ def pair_folders(pred_dir: str | Path, truth_dir: str | Path) -> Pairing:
 def read_agl_fast(path: Path, out: np.ndarray | None = None) -> np.ndarray:
     """The stored values of an AGL TIFF, decoded with libtiff (``imagecodecs.tiff_decode``).
 
-    libtiff decodes a 2048² deflate TIFF in about 60% of tifffile's time (BENCHMARKS.md). Any
-    file it cannot decode, or that is not a single-band uint16 / float map, is handed to
-    :func:`geopose.io.read_agl_raw`, which reads it or raises its :class:`GeoposeDataError`.
+    libtiff decodes a 2048² deflate TIFF in about 60% of tifffile's time (BENCHMARKS.md,
+    Scoring). Any file it cannot decode, or that is not a single-band uint16 / float map, is
+    handed to :func:`geopose.io.read_agl_raw`, which reads it or raises its
+    :class:`GeoposeDataError`.
     ``out``: a buffer to decode into when its shape and dtype match the file's.
     """
     import imagecodecs

@@ -168,7 +168,8 @@ def _chunk_sums(
 
     Exact for the integer centimetre values of uint16 files (every partial sum is an integer
     below 2^53), ~1e-12 relative otherwise. BLAS is avoided on purpose: its dot products
-    start threads of their own, which on a busy machine made this 20× slower.
+    start threads of their own, which spin against other jobs on a busy machine (BENCHMARKS.md,
+    Scoring).
     """
     t, t_missing = _as_float(true)
     p, p_missing = _as_float(pred)

@@ -1,25 +1,42 @@
-"""One way to load any model geopose can run: ``load_model(NAME | FILE)``.
+"""Which models a command runs, decided once: model specs -> weighted members -> loaded models.
 
-``spec`` is, in this order:
+A model ``spec`` is, in this order:
 
 - a file: a geopose (Lightning) checkpoint, or a published challenge checkpoint of any known
   family (``geopose.models.zoo``), recognised by content whatever its name;
 - the name of a published model (``geopose models`` lists them) already in the cache
-  (``geopose models download NAME``).
+  (``geopose models download NAME``);
+- the name of a published ensemble (``geopose.models.zoo.catalog.ENSEMBLES``): its members,
+  with the authors' weights and the TTA they used.
 
-Published ensembles (``geopose.models.zoo.catalog.ENSEMBLES``) expand to their members with
-:func:`expand_specs`.
+An ensemble YAML spec lists members; paths are relative to the spec file::
+
+    members:
+      - checkpoint: runs/b7/best.ckpt
+        weight: 2
+      - checkpoints: [runs/v2l/epoch=40.ckpt, runs/v2l/epoch=45.ckpt]   # one weight each
+        weight: 1
+      - runs/r34/last.ckpt                                            # weight 1
+      - model: second-b7-unet-fold0-best              # a published model (downloaded), or a file
+
+:func:`resolve_models` turns what a command was given into :class:`ModelSpecs` (checking
+every member can be loaded, before anything is written); :func:`load_models` loads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 
-from geopose.errors import GeoposeDataError
+from geopose.errors import ConfigError, GeoposeDataError
+
+Member = tuple[str | Path, float]
+"""A model (file path or published model name) and its ensemble weight."""
 
 
 def resolve_spec(spec: str | Path) -> Path:
@@ -54,8 +71,8 @@ def resolve_spec(spec: str | Path) -> Path:
 
 
 def expand_specs(
-    specs: Sequence[tuple[str | Path, float]],
-) -> tuple[list[tuple[str | Path, float]], str | None]:
+    specs: Sequence[Member],
+) -> tuple[list[Member], str | None]:
     """Expand published ensemble names into their weighted members.
 
     Returns ``(members, tta)``: ``tta`` is the TTA the authors used with the (first) published
@@ -63,7 +80,7 @@ def expand_specs(
     """
     from geopose.models.zoo import catalog
 
-    out: list[tuple[str | Path, float]] = []
+    out: list[Member] = []
     tta = None
     for spec, weight in specs:
         ens = catalog.ENSEMBLES.get(str(spec)) if not Path(spec).exists() else None
@@ -99,3 +116,105 @@ def load_model(spec: str | Path) -> tuple[nn.Module, dict]:
         return load_checkpoint(path, ckpt=container.obj)
     model = convert_container(container)
     return model, {"name": str(spec), "model": dict(model.config)}
+
+
+def _weight(entry: dict, spec: Path) -> float:
+    w = entry.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        raise GeoposeDataError(spec, f"member weight must be a positive number, got {w!r}")
+    return float(w)
+
+
+def read_ensemble_spec(path: str | Path) -> list[Member]:
+    """Read an ensemble YAML spec (module doc) -> [(file path or published name, weight)],
+    checking every file exists."""
+    from geopose.models.zoo import catalog
+
+    path = Path(path)
+    if not path.is_file():
+        raise GeoposeDataError(path, "ensemble spec not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GeoposeDataError(path, f"not valid YAML ({exc})") from exc
+    entries = doc.get("members") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not entries:
+        raise GeoposeDataError(path, "expected a non-empty 'members:' list")
+    out: list[Member] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"checkpoint": entry}
+        if not isinstance(entry, dict):
+            raise GeoposeDataError(path, f"a member must be a path or a mapping, got {entry!r}")
+        unknown = set(entry) - {"checkpoint", "checkpoints", "model", "weight"}
+        if unknown:
+            raise GeoposeDataError(path, f"unknown member key(s) {sorted(unknown)}")
+        ckpts = entry.get("checkpoints") or [entry.get("checkpoint") or entry.get("model")]
+        if not isinstance(ckpts, list) or not all(isinstance(c, str) for c in ckpts):
+            raise GeoposeDataError(
+                path, f"member needs 'checkpoint: PATH' or 'checkpoints: [..]': {entry!r}"
+            )
+        w = _weight(entry, path)
+        for c in ckpts:
+            p = Path(c) if Path(c).is_absolute() else path.parent / c
+            if p.is_file():
+                out.append((p, w))
+            elif c in catalog.CATALOG:
+                out.append((c, w))
+            else:
+                raise GeoposeDataError(p, f"model listed in {path} not found")
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpecs:
+    """The models of a run, resolved: weighted ``members`` (published ensembles expanded) and
+    the TTA the authors used with the first published ensemble named (None: none named)."""
+
+    members: tuple[Member, ...]
+    authors_tta: str | None = None
+
+
+def resolve_models(
+    models: Sequence[str | Path | Member] = (), ensemble: str | Path | None = None
+) -> ModelSpecs:
+    """What a command was given -> :class:`ModelSpecs`.
+
+    ``models`` (weight 1 unless given as ``(spec, weight)``) have their published ensemble
+    names expanded (:func:`expand_specs`); the ``ensemble`` YAML spec's members follow
+    (:func:`read_ensemble_spec`). Every member must be a file or a downloaded published model
+    (:func:`resolve_spec`): a missing one raises :class:`GeoposeDataError` saying how to get
+    it; no model at all raises :class:`ConfigError`.
+    """
+    specs = [m if isinstance(m, tuple) else (m, 1.0) for m in models]
+    members, authors_tta = expand_specs(specs)
+    if ensemble is not None:
+        members += read_ensemble_spec(ensemble)
+    if not members:
+        raise ConfigError(
+            "give at least one model (a checkpoint, a published model name or file), or "
+            "--ensemble spec.yaml"
+        )
+    for spec, _ in members:
+        resolve_spec(spec)  # a missing file or an undownloaded name stops here, with its fix
+    return ModelSpecs(tuple(members), authors_tta)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """Loaded members, in order: ``models`` (eval mode), their ``weights`` and ``configs``
+    (the training recipe of a geopose checkpoint, ``{"name", "model"}`` of a published one)."""
+
+    models: tuple[nn.Module, ...]
+    weights: tuple[float, ...]
+    configs: tuple[dict, ...]
+
+
+def load_models(members: Sequence[Member]) -> LoadedModels:
+    """Load every member with :func:`load_model`."""
+    loaded = [(load_model(spec), float(w)) for spec, w in members]
+    return LoadedModels(
+        tuple(m for (m, _), _ in loaded),
+        tuple(w for _, w in loaded),
+        tuple(c for (_, c), _ in loaded),
+    )

@@ -15,7 +15,7 @@ from geopose.synth.cities import (
 )
 from geopose.synth.dataset import TruthOptions, render_image, write_dataset
 from geopose.synth.render import Rendered, render
-from geopose.synth.scene import Scene, make_scene
+from geopose.synth.world import Scene, make_scene
 
 __all__ = [
     "CITY_CODES",

@@ -51,7 +51,7 @@ from geopose.io.tables import METADATA_CSV, TEST_CSV, TRAIN_CSV
 from geopose.runtime import process_map
 from geopose.synth.cities import CITY_CODES, draw_geometry, get_style
 from geopose.synth.render import Rendered, render
-from geopose.synth.scene import KIND_BUILDING, KIND_WATER, make_scene, value_noise
+from geopose.synth.world import KIND_BUILDING, KIND_WATER, make_scene, value_noise
 
 if TYPE_CHECKING:
     from geopose.types import ProgressFn

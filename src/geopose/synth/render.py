@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from geopose.synth.cities import FLOOR_M, WINDOW
-from geopose.synth.scene import KIND_BUILDING, KIND_TREE, Scene, fmod
+from geopose.synth.world import KIND_BUILDING, KIND_TREE, Scene, fmod
 
 _NEG = np.float32(-1e9)
 SUN_RGB = np.array((1.0, 0.96, 0.90), np.float32)

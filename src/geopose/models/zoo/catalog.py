@@ -61,9 +61,6 @@ if TYPE_CHECKING:
 FAMILIES = ("baseline", "first", "second", "fourth")
 """Family names, as the converters in ``geopose.models.zoo`` register them."""
 
-TTA_MODES = ("none", "flip", "d2", "d4")
-"""TTA names as in :data:`geopose.inference.tta.TTA_VIEWS`."""
-
 DATAPORT_URL = "https://ieee-dataport.org/open-access/urban-semantic-3d-dataset"
 """IEEE DataPort page (US3D) where the baseline and the winners' weights are archived (login)."""
 
@@ -503,6 +500,22 @@ def cache_state(name: str) -> str | None:
     return "ok"
 
 
+def cached_bytes(name: str) -> int | None:
+    """Size of entry ``name``'s files, bytes: each file's size on disk, or, for a file not in
+    the cache, the size its download record holds; None when a file has neither (the authors
+    published no sizes). Nothing is hashed."""
+    total = 0
+    for path in _entry_paths(get_entry(name)):
+        if path.is_file():
+            total += path.stat().st_size
+            continue
+        record = read_record(path)
+        if record is None:
+            return None
+        total += record["size"]
+    return total
+
+
 def remove_cached(name: str) -> list[Path]:
     """Delete entry ``name``'s cached files, their records and part files (and, for an entry
     extracted from an archive, the downloaded archive); returns the files deleted."""
@@ -525,8 +538,8 @@ def remove_cached(name: str) -> list[Path]:
 def listing() -> dict:
     """The whole catalog as JSON-ready data (``geopose models --json`` prints it): ``cache``
     (:func:`cache_dir`), ``models`` (every entry's fields, plus ``cached``: its cached file or
-    None, and ``cache_state``: :func:`cache_state`) and ``ensembles`` (every published
-    ensemble's fields). Nothing is hashed."""
+    None, ``cache_state``: :func:`cache_state`, and ``cached_bytes``: :func:`cached_bytes`)
+    and ``ensembles`` (every published ensemble's fields). Nothing is hashed."""
 
     def entry(e: PublishedEntry) -> dict:
         cached = cached_path(e.name)
@@ -534,6 +547,7 @@ def listing() -> dict:
             **asdict(e),
             "cached": str(cached) if cached is not None else None,
             "cache_state": cache_state(e.name),
+            "cached_bytes": cached_bytes(e.name),
         }
 
     return {
@@ -811,6 +825,7 @@ __all__ = [
     "PublishedEntry",
     "cache_dir",
     "cache_state",
+    "cached_bytes",
     "cached_path",
     "direct_url",
     "fetch",

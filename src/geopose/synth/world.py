@@ -1,4 +1,4 @@
-"""Synthetic city scenes in ground (nadir) coordinates.
+"""The synthetic world a render is made from: a city scene in ground (nadir) coordinates.
 
 A :class:`Scene` is a voxel-column world: every ground cell (one pixel of the nadir grid, GSD
 metres wide) is a vertical column from the ground up to ``height`` metres, with the colour of
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from geopose.synth import cities as C
+import geopose.synth.cities as C
 from geopose.synth.cities import FLOOR_M, SCALE_MAX, CityStyle, get_style
 
 KIND_GROUND, KIND_WATER, KIND_BUILDING, KIND_TREE, KIND_CAR = 0, 1, 2, 3, 4
