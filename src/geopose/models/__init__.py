@@ -1,12 +1,20 @@
-"""Geopose models: timm encoders, UNet decoders, geopose heads, losses, recipes, ONNX export.
+"""Geopose models: timm encoders, UNet decoders, geopose heads, losses, ONNX export.
 
 >>> from geopose.models import create_model, GeoposeLoss, load_recipe
 >>> model = create_model("cpu_small")                     # or any recipe name / YAML path
 >>> out = model(image, gsd, city)              # GeoposeOutput(agl, mag, direction, scale, ...)
 >>> total, parts = GeoposeLoss(load_recipe("cpu_small")["loss"])(out, batch)
 >>> model, config = load_model("runs/x/checkpoints/last.ckpt")   # or a published model / file
+
+Each part declares the config keys it reads next to its class (``options``, tables of
+:class:`geopose.schema.Opt`); the ``model:`` and ``loss:`` sections gather them
+(``geopose.models.model.MODEL``, ``geopose.models.losses.LOSS``). Importing this package
+imports every module that registers a part (the pose heads, ``GeoposeModel``, the published
+families of ``geopose.models.zoo``), so its registries are complete. Recipes are read by
+:mod:`geopose.schema`; the configuration as a whole is :mod:`geopose.config`.
 """
 
+from geopose.models import zoo  # noqa: F401  (registers the published families in MODELS)
 from geopose.models.decoders import UnetDecoder
 from geopose.models.encoders import Encoder
 from geopose.models.loading import expand_specs, load_model, resolve_spec
@@ -18,17 +26,14 @@ from geopose.models.losses import (
     resolve_loss_config,
 )
 from geopose.models.model import (
-    CONFIG_DIR,
-    MODELS,
     GeoposeModel,
     GeoposeOutput,
     create_model,
-    deep_merge,
-    list_recipes,
     load_checkpoint,
-    load_recipe,
     resolve_model_config,
 )
+from geopose.models.registry import MODELS
+from geopose.schema import CONFIG_DIR, deep_merge, list_recipes, load_recipe
 
 __all__ = [
     "CONFIG_DIR",

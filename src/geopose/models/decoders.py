@@ -10,12 +10,14 @@ shortcut and refines with a residual block (the 2nd place's "residual deconvolut
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
+from geopose.schema import Opt
 
 
 class ConvBnAct(nn.Sequential):
@@ -83,7 +85,15 @@ class UnetDecoder(nn.Module):
             ``log2(encoder stride / output_stride)`` entries are used.
         output_stride: stride of the decoder's output map (4 or 2 for the geopose heads).
         kind: ``"unet"`` or ``"residual_deconv"``.
+
+    :attr:`options`: the keys of a ``model.decoder`` section.
     """
+
+    options: ClassVar[dict[str, Opt]] = {
+        "kind": Opt("unet", "str", "decoder block", choices=tuple(BLOCKS)),
+        "channels": Opt([256, 128, 64, 32], "ints", "block channels, deepest first", min=1),
+        "output_stride": Opt(4, "int", "stride of the decoder map (a power of 2)", min=1),
+    }
 
     def __init__(
         self,

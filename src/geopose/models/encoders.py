@@ -7,13 +7,14 @@ one per distinct stride (2, 4, 8, 16, 32 for the usual backbones). ``pretrained`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 import torch
 from torch import nn
 
 from geopose.errors import ConfigError
+from geopose.schema import Opt
 
 
 class Encoder(nn.Module):
@@ -23,7 +24,15 @@ class Encoder(nn.Module):
         name: timm model name (``resnet34``, ``efficientnet_b7``, ``tf_efficientnetv2_l``, ...).
         pretrained: load timm's pretrained weights (needs the weights cached or a network).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``out_indices``).
+
+    :attr:`options`: the keys of a ``model:`` section that choose it (``encoder``: the name).
     """
+
+    options: ClassVar[dict[str, Opt]] = {
+        "encoder": Opt("resnet34", "str", "timm model name"),
+        "pretrained": Opt(False, "bool", "start from timm's ImageNet weights"),
+        "encoder_kwargs": Opt({}, "mapping", "more keyword arguments of timm.create_model"),
+    }
 
     def __init__(self, name: str, pretrained: bool = False, **kwargs: Any) -> None:
         super().__init__()

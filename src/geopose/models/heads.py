@@ -20,12 +20,14 @@ unit) and divides by the GSD, since scale = tan(off-nadir) / gsd.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
+from geopose.schema import Opt
 from geopose.types import CITIES, unit_vector
 
 N_CITIES = len(CITIES)
@@ -46,6 +48,10 @@ MIN_SLOPE, MAX_SLOPE = 0.3, 3.0
 edge's jump (:func:`ramp_target`, :func:`ramp_pose`)."""
 RAMP_ITERATIONS, RAMP_HUBER = 5, 0.3
 """The ramp fit's IRLS iterations and Huber threshold (:func:`ramp_pose`)."""
+
+ACTIVATION = Opt("relu", "str", "hidden activation", choices=tuple(ACTIVATIONS))
+CITY = Opt(False, "bool", "city one-hot as an input cue")
+GSD_REF_OPT = Opt(GSD_REF, "float", "GSD (m/px) where the log(gsd / gsd_ref) cue is 0", gt=0)
 
 
 def city_one_hot(city: torch.Tensor | None, batch: int, ref: torch.Tensor) -> torch.Tensor:
@@ -78,8 +84,32 @@ class DenseHead(nn.Module):
 
     The output is ``out_activation(raw) * out_scale`` (``out_scale`` in the target's unit, so raw
     values stay O(1)), times ``gsd / gsd_ref`` with ``gsd="multiply"``. The keyword options are
-    those of a ``model.agl``/``mag``/``flow``/``ramp`` section (defaults: geopose.models.options).
+    those of a ``model.agl``/``mag``/``flow``/``ramp``/``facade`` section: :attr:`options`
+    (every dense head's) and :attr:`gsd_options` (the AGL head's GSD input).
     """
+
+    options: ClassVar[dict[str, Opt]] = {
+        "channels": Opt(64, "int", "channels of the upsampling convolutions", min=1),
+        "activation": ACTIVATION,
+        "out_activation": Opt(
+            "none", "str", "applied to the raw output", choices=tuple(OUT_ACTIVATIONS)
+        ),
+        "out_scale": Opt(10.0, "float", "output unit: raw O(1) values times this"),
+        "city": CITY,
+        "upsample": Opt(
+            "features",
+            "str",
+            "features: convolve at every ×2 step; output: at the decoder's stride, then "
+            "upsample the output (cheaper)",
+            choices=("features", "output"),
+        ),
+        "depth": Opt(1, "int", "1 + extra 3×3 convolutions at the head's last resolution", min=1),
+        "dilation": Opt(1, "int", "dilation of the convolutions after the first", min=1),
+    }
+    gsd_options: ClassVar[dict[str, Opt]] = {
+        "gsd": Opt("concat", "str", "how the GSD enters", choices=AGL_GSD_MODES),
+        "gsd_ref": GSD_REF_OPT,
+    }
 
     def __init__(
         self,
@@ -148,7 +178,17 @@ class DenseHead(nn.Module):
 
 class PooledMLP(nn.Module):
     """Global average pool of the deepest encoder map (+ GSD/city cues, + ``extra`` values per
-    image) -> MLP -> ``out`` values."""
+    image) -> MLP -> ``out`` values. :attr:`options`: its keyword options, as a pose head's
+    section gives them."""
+
+    options: ClassVar[dict[str, Opt]] = {
+        "hidden": Opt(256, "int", "hidden width of the pooled MLP", min=1),
+        "activation": ACTIVATION,
+        "dropout": Opt(0.0, "float", "dropout before the MLP's last layer", min=0, max=1),
+        "gsd": Opt(False, "bool", "log(gsd / gsd_ref) as an input cue"),
+        "city": CITY,
+        "gsd_ref": GSD_REF_OPT,
+    }
 
     def __init__(
         self,
@@ -280,6 +320,16 @@ def facade_mask(
     facade = (norm >= min_slope) & (norm <= max_slope) & (residual.abs() <= tol)
     known = torch.isfinite(norm) & torch.isfinite(v).all(dim=1, keepdim=True)
     return torch.where(known, facade.to(g.dtype), torch.full_like(norm, float("nan")))
+
+
+RAMP_FIT: dict[str, Opt] = {
+    "iterations": Opt(RAMP_ITERATIONS, "int", "IRLS iterations of the ramp fit", min=1),
+    "huber": Opt(RAMP_HUBER, "float", "Huber threshold of the fit's residual", gt=0),
+    "min_slope": Opt(MIN_SLOPE, "float", "flattest facade slope, m/px", min=0),
+    "max_slope": Opt(MAX_SLOPE, "float", "steepest facade slope, m/px", gt=0),
+    "facade_power": Opt(1.0, "float", "a pixel's weight: facade probability ** this", gt=0),
+}
+"""The keyword options of :func:`ramp_pose` that a recipe sets (keys of ``model.ramp``)."""
 
 
 def ramp_pose(

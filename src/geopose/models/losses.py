@@ -18,20 +18,84 @@ NaN never reaches autograd).
 ``kind`` is ``mse``, ``huber`` (``delta`` in the target's unit), ``l1`` or ``r2`` (1 - R2 pooled
 over every valid pixel of the batch, the first place's loss); ``trim`` drops that fraction of
 the worst (largest-loss) valid pixels first. A target with weight 0 or ``null`` is skipped.
-Every key's default, kind and bounds: ``geopose.models.options.LOSS``.
+Every key's default, kind and bounds: :data:`LOSS` (``GeoposeLoss.options``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geopose.errors import ConfigError
-from geopose.models.heads import facade_mask, ramp_target
-from geopose.models.options import LOSS_KINDS, resolve_loss_config
+from geopose.models.heads import MAX_SLOPE, RAMP_HUBER, facade_mask, ramp_target
+from geopose.schema import Opt, Section, check_section, defaults_of
+
+LOSS_KINDS = ("mse", "huber", "l1", "r2")
+
+
+def _target(weight: float, kinds: tuple[str, ...] = LOSS_KINDS, **more: Opt) -> dict[str, Opt]:
+    """A per-target loss's options (:func:`masked_loss`)."""
+    return {
+        "kind": Opt("mse", "str", "pointwise loss, or r2 (1 - pooled R2)", choices=kinds),
+        "weight": Opt(weight, "float", "weight in the total (0: off)", min=0),
+        "delta": Opt(1.0, "float", "huber: threshold, in the target's unit", gt=0),
+        **more,
+    }
+
+
+_TRIM = Opt(0.0, "float", "drop this fraction of the worst valid pixels", min=0, lt=1)
+LOSS: dict[str, Opt | Section] = {
+    "agl": Section(_target(1.0, trim=_TRIM), "AGL (m)", optional=True),
+    "mag": Section(_target(1.0, trim=_TRIM), "MAG (px)", optional=True),
+    "direction": Section(
+        {
+            "weight": Opt(1.0, "float", "weight in the total (0: off)", min=0),
+            "cos_weight": Opt(1.0, "float", "weight of mean(1 - cos)", min=0),
+            "mse_weight": Opt(0.1, "float", "weight of the vectors' MSE", min=0),
+        },
+        "direction (unit vectors)",
+        optional=True,
+    ),
+    "scale": Section(_target(1.0, ("mse", "huber", "l1")), "scale (px/m)", optional=True),
+    "flow": Section(_target(0.0, trim=_TRIM), "dense flow vs true flow (px)", optional=True),
+    "vflow": Section(
+        _target(0.0, trim=_TRIM), "agl · scale · direction vs true flow (px)", optional=True
+    ),
+    "facade": Section(
+        {
+            "weight": Opt(1.0, "float", "weight in the total (0: off)", min=0),
+            "tol": Opt(
+                RAMP_HUBER, "float", "a facade obeys ∇z·v = -1 to within this (true pose)", gt=0
+            ),
+        },
+        "facade logits vs the true facades (binary cross-entropy)",
+        optional=True,
+        present=False,
+    ),
+    "ramp": Section(
+        _target(
+            0.0,
+            trim=_TRIM,
+            max_slope=Opt(MAX_SLOPE, "float", "steepest ramp of the target, m/px", gt=0),
+        ),
+        "facade-ramp field vs ∇(true AGL) (m/px)",
+        optional=True,
+    ),
+}
+"""Every key of a ``loss:`` section, one entry per target."""
+
+LOSS_DEFAULTS: dict[str, Any] = defaults_of(LOSS)
+"""The ``loss:`` section with every default."""
+
+
+def resolve_loss_config(cfg: dict | None) -> dict:
+    """Fill a ``loss:`` section with defaults; targets with weight 0 or null become None."""
+    out = check_section("loss", LOSS, cfg)
+    return {k: None if v is None or v["weight"] == 0.0 else v for k, v in out.items()}
 
 
 def _residual(pred: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +207,10 @@ class GeoposeLoss(nn.Module):
     """Weighted sum of the per-target losses of a recipe's ``loss:`` section (see module doc).
 
     ``loss(out: GeoposeOutput, batch: dict) -> (total, parts)``, parts holding each active
-    target's unweighted loss.
+    target's unweighted loss. :attr:`options`: the keys of the ``loss:`` section (:data:`LOSS`).
     """
+
+    options: ClassVar[dict[str, Opt | Section]] = LOSS
 
     def __init__(self, cfg: dict | None = None) -> None:
         super().__init__()

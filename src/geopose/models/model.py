@@ -1,68 +1,155 @@
-"""GeoposeModel (encoder + decoder + heads), recipes, ``create_model`` and ``load_checkpoint``.
+"""GeoposeModel (encoder + decoder + heads), the ``model:`` section it reads, ``create_model``
+and ``load_checkpoint``.
 
-A recipe is a YAML file in ``geopose/configs/`` with a ``model:`` section (read by
-:class:`GeoposeModel`), a ``loss:`` section (read by :class:`geopose.models.GeoposeLoss`) and
-optional ``data:``/``train:`` sections. ``extends: <recipe>`` deep-merges over another recipe.
-Every key of those sections: ``geopose.models.options``; the pose heads: ``geopose.models.pose``.
+The keys of a ``model:`` section (:data:`MODEL`) are those its parts declare next to their
+classes (``Encoder.options``, ``UnetDecoder.options``, ``DenseHead.options``, the ramp fit's
+``RAMP_FIT``, each pose head kind's ``options``) plus the model's own ``input_stride``;
+:func:`resolve_model_config` checks a section against them. ``create_model`` builds any entry
+of :data:`~geopose.models.registry.MODELS` from a recipe (:mod:`geopose.schema`) or a section.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.io.checkpoint import load_torch_file
 from geopose.models.decoders import UnetDecoder
 from geopose.models.encoders import Encoder
-from geopose.models.heads import DenseHead
-from geopose.models.options import (
-    GEOPOSE,
-    MODEL_DEFAULTS,
-    MODELS,
-    RAMP_FIT,
-    resolve_model_config,
-)
-from geopose.models.pose import DIRECTION_HEADS, SCALE_HEADS, PoseContext
+from geopose.models.heads import RAMP_FIT, DenseHead
+from geopose.models.pose import DETACH_AGL, DIRECTION_HEADS, SCALE_HEADS, PoseContext
+from geopose.models.registry import GEOPOSE, MODELS
+from geopose.schema import Kinds, Opt, Section, check_section, deep_merge, defaults_of, load_recipe
 from geopose.types import GeoposeOutput
 
 __all__ = [
-    "CONFIG_DIR",
+    "MODEL",
     "MODELS",
     "MODEL_DEFAULTS",
     "GeoposeModel",
     "GeoposeOutput",
     "create_model",
-    "deep_merge",
-    "list_recipes",
     "load_checkpoint",
-    "load_recipe",
+    "own_kind_options",
     "resolve_model_config",
+    "switch_kinds",
     "without_pretrained",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DENSE_HEADS = {"agl": 1, "mag": 1, "flow": 2, "ramp": 2, "facade": 1}
 """The dense heads (``model.<name>``, attribute ``<name>_head``) and their output channels."""
 
+_UNIT_OUT = {"out_scale": Opt(1.0, "float", "output unit: raw O(1) values times this")}
 
-def deep_merge(base: dict, update: dict) -> dict:
-    """Return ``base`` updated recursively by ``update`` (neither is modified)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+MODEL: dict[str, Opt | Section | Kinds] = {
+    **Encoder.options,
+    "input_stride": Opt(
+        1, "int", "the encoder reads the image area-averaged by this (a power of 2)", min=1
+    ),
+    "decoder": Section(UnetDecoder.options, "UNet decoder"),
+    "agl": Section({**DenseHead.options, **DenseHead.gsd_options}, "height above ground (m) head"),
+    "mag": Section(DenseHead.options, "MAG (px) head; null: MAG = AGL · scale", optional=True),
+    "flow": Section(DenseHead.options, "dense flow (px) head", optional=True, present=False),
+    "ramp": Section(
+        {**DenseHead.options, **_UNIT_OUT, **RAMP_FIT},
+        "facade-ramp (m/px) head",
+        optional=True,
+        present=False,
+    ),
+    "facade": Section(
+        {**DenseHead.options, **_UNIT_OUT},
+        "facade logits head: weighs the ramp fit's pixels by sigmoid(logit)",
+        optional=True,
+        present=False,
+    ),
+    "direction": Kinds(
+        DIRECTION_HEADS, "pooled", "image-level direction", common={"detach_agl": DETACH_AGL}
+    ),
+    "scale": Kinds(SCALE_HEADS, "lstsq", "image-level scale (px/m)"),
+}
+"""Every key of a GeoposeModel's ``model:`` section, gathered from the parts that read them."""
+
+MODEL_DEFAULTS: dict[str, Any] = defaults_of(MODEL)
+"""The ``model:`` section with every default (None for a head that is off by default)."""
+
+
+def resolve_model_config(cfg: dict | None) -> dict:
+    """Fill a ``model:`` section with defaults and check every key; returns a new dict.
+
+    A section with ``family:`` describes another entry of :data:`MODELS` (a published model of
+    ``geopose.models.zoo``): it is checked against that family's options and returned as it is
+    (its ``build`` fills the defaults).
+    """
+    cfg = dict(cfg or {})
+    family = cfg.get("family", GEOPOSE)
+    entry = MODELS.lookup(family)
+    if family != GEOPOSE:
+        entry.resolve(cfg)
+        return cfg
+    cfg.pop("family", None)
+    return entry.resolve(cfg)
+
+
+def switch_kinds(before: Mapping[str, Any], after: dict, given: Mapping[str, Any]) -> dict:
+    """``after``, the model section ``before`` with the overrides ``given`` (a nested mapping)
+    applied, where the overrides switch ``model.direction`` or ``model.scale`` to another
+    kind: that section keeps only the options the new kind reads and those ``given`` names.
+    The others were set for the old kind (they would be refused as another kind's); an option
+    both kinds read (``city`` of pooled and ramp_pooled) carries over."""
+    for key, spec in MODEL.items():
+        old, new, upd = before.get(key), after.get(key), given.get(key)
+        if not (isinstance(spec, Kinds) and isinstance(old, Mapping) and isinstance(new, dict)):
+            continue
+        kind = new.get("kind", spec.default)
+        if (
+            isinstance(upd, Mapping)
+            and kind != old.get("kind", spec.default)
+            and kind in spec.registry
+        ):
+            keep = {*spec.own(kind), *upd}
+            after[key] = {k: v for k, v in new.items() if k in keep}
+    return after
+
+
+def own_kind_options(cfg: Mapping[str, Any]) -> dict:
+    """A model section whose pose sections (``model.direction``, ``model.scale``) keep only the
+    options their kind reads. A section stored with a checkpoint may carry options of another
+    kind, which never reached the model: reading it back drops them."""
+    out = dict(cfg)
+    for key, spec in MODEL.items():
+        section = out.get(key)
+        if isinstance(spec, Kinds) and isinstance(section, Mapping):
+            kind = section.get("kind", spec.default)
+            if kind in spec.registry:
+                out[key] = {k: v for k, v in section.items() if k in spec.own(kind)}
     return out
+
+
+def _check_consistency(cfg: dict) -> None:
+    for section, heads in (("direction", DIRECTION_HEADS), ("scale", SCALE_HEADS)):
+        kind = cfg[section]["kind"]
+        needs = heads.lookup(kind).requires
+        if needs and all(cfg[n] is None for n in needs):
+            raise ConfigError(
+                f"model.{section}.kind {kind!r} needs a {' or '.join(needs)} head "
+                f"(model.{needs[0]}: {{...}})"
+            )
+    r = cfg["ramp"]
+    if r is not None and not r["min_slope"] < r["max_slope"]:
+        raise ConfigError(
+            f"model.ramp: need min_slope < max_slope (m/px), got {r['min_slope']} and "
+            f"{r['max_slope']}"
+        )
+    if cfg["facade"] is not None and r is None:
+        raise ConfigError("model.facade weighs the ramp fit: it needs a ramp head (model.ramp)")
 
 
 @MODELS.register(GEOPOSE)
@@ -75,8 +162,11 @@ class GeoposeModel(nn.Module):
     reads the image area-averaged by s (s² times fewer pixels to convolve, s times the context
     per receptive field) and the dense heads upsample their outputs by s more. The dense heads
     give AGL (and MAG, flow, ramp maps when configured); the pose heads of
-    ``geopose.models.pose`` the direction and scale.
+    ``geopose.models.pose`` the direction and scale. :attr:`options`: the keys of its
+    ``model:`` section (:data:`MODEL`).
     """
+
+    options: ClassVar[dict[str, Opt | Section | Kinds]] = MODEL
 
     def __init__(self, cfg: dict | None = None) -> None:
         super().__init__()
@@ -112,8 +202,22 @@ class GeoposeModel(nn.Module):
         self._fits = {"flow_detach_agl": d["detach_agl"], "ramp_fit": ramp_fit}
 
     @classmethod
+    def resolve(cls, config: dict | None) -> dict:
+        """A ``model:`` section (no ``family:``) checked against :data:`MODEL`, defaults
+        filled; ``encoder: {name: ..., pretrained: ..., **timm kwargs}`` is accepted too."""
+        cfg = dict(config or {})
+        if isinstance(cfg.get("encoder"), dict):  # encoder: {name: ..., pretrained: ..., ...}
+            enc = dict(cfg.pop("encoder"))
+            cfg["encoder"] = enc.pop("name", MODEL["encoder"].default)
+            cfg["pretrained"] = enc.pop("pretrained", cfg.get("pretrained", False))
+            cfg["encoder_kwargs"] = {**cfg.get("encoder_kwargs", {}), **enc}
+        out = check_section("model", MODEL, cfg)
+        _check_consistency(out)
+        return out
+
+    @classmethod
     def build(cls, config: dict) -> GeoposeModel:
-        """The :data:`~geopose.models.options.MODELS` entry point: ``GeoposeModel(config)``."""
+        """The :data:`~geopose.models.registry.MODELS` entry point: ``GeoposeModel(config)``."""
         return cls(config)
 
     @property
@@ -164,52 +268,12 @@ class GeoposeModel(nn.Module):
         return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-# --- recipes ---------------------------------------------------------------------------------
-
-
-def list_recipes() -> list[str]:
-    """Names of the built-in recipes (``geopose/configs/*.yaml``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def _recipe_path(name_or_path: str | Path) -> Path:
-    s = str(name_or_path)
-    if s.endswith((".yaml", ".yml")) or "/" in s or "\\" in s:
-        path = Path(s)
-        if not path.is_file():
-            raise GeoposeDataError(path, "no such recipe file")
-        return path
-    path = CONFIG_DIR / f"{s}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown recipe {s!r}; built-in recipes: {', '.join(list_recipes())}")
-    return path
-
-
-def load_recipe(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
-    """A recipe by name (``baseline``, ``cpu_small``, ...) or YAML path -> the whole recipe dict
-    (``model``, ``loss`` and optional ``data``/``train``), with ``extends:`` resolved."""
-    path = _recipe_path(name_or_path)
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise GeoposeDataError(path, f"not a readable YAML recipe ({exc})") from exc
-    if not isinstance(recipe, dict):
-        raise GeoposeDataError(path, "a recipe must be a YAML mapping with a 'model:' section")
-    parent = recipe.pop("extends", None)
-    if parent is not None:
-        if str(parent) in _seen:
-            raise GeoposeDataError(path, f"recipe 'extends' loop through {parent!r}")
-        recipe = deep_merge(load_recipe(parent, (*_seen, str(name_or_path))), recipe)
-    if not isinstance(recipe.get("model"), dict):
-        raise GeoposeDataError(path, "recipe has no 'model:' mapping")
-    recipe.setdefault("name", path.stem)
-    return recipe
-
-
 def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> nn.Module:
     """Build a model from a recipe name, a YAML path, a whole recipe dict or a ``model:``
     section; keyword overrides are deep-merged into the model section, e.g.
-    ``create_model("kbrodt", encoder="resnet18", decoder={"channels": [64, 32, 16]})``.
+    ``create_model("kbrodt", encoder="resnet18", decoder={"channels": [64, 32, 16]})``; one
+    that switches a pose head's kind (``direction={"kind": "flow"}``) drops the options the new
+    kind does not read (:func:`switch_kinds`).
 
     A :class:`GeoposeModel`, or a published family's model (``geopose.models.zoo``) for a
     section with ``family:``; both keep the same ``forward(image, gsd, city)`` contract.
@@ -218,7 +282,7 @@ def create_model(recipe: str | Path | dict = "baseline", **overrides: Any) -> nn
         model_cfg = recipe["model"] if isinstance(recipe.get("model"), dict) else recipe
     else:
         model_cfg = load_recipe(recipe)["model"]
-    cfg = deep_merge(model_cfg, overrides)
+    cfg = switch_kinds(model_cfg, deep_merge(model_cfg, overrides), overrides)
     family = MODELS.lookup(cfg.get("family", GEOPOSE))
     return family.build({k: v for k, v in cfg.items() if k != "family"})
 
@@ -255,7 +319,7 @@ def load_checkpoint(
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         # The checkpoint holds every weight: never fetch the encoder's ImageNet weights here.
-        model = create_model(without_pretrained(config["model"]))
+        model = create_model(without_pretrained(own_kind_options(config["model"])))
         model.load_state_dict(weights, strict=True)
     except (RuntimeError, ConfigError) as exc:
         problem = f"weights do not fit the checkpoint's model config: {str(exc)[:300]}"

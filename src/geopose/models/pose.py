@@ -4,13 +4,19 @@
 
     @DIRECTION_HEADS.register("mine")
     class MyDirection(PoseHead):
+        options = {"width": Opt(8, "int", "channels of my field", min=1)}  # its own keys
         def __init__(self, cfg, bottleneck, decoder): ...   # the resolved section, channels
         def forward(self, ctx: PoseContext) -> torch.Tensor: ...
 
-Every head reads what it needs from one :class:`PoseContext` (features, decoder map, dense maps,
-GSD, city) and the shared fits it offers, computed at most once per forward whichever heads use
-them. A kind without weights holds no parameters or buffers (nothing in the state dict). A new
-kind's options go in ``geopose.models.options.MODEL`` (one place for every default).
+after which ``model.direction: {kind: mine, width: 16}`` works in any recipe. Every head reads
+what it needs from one :class:`PoseContext` (features, decoder map, dense maps, GSD, city) and
+the shared fits it offers, computed at most once per forward whichever heads use them. A kind
+without weights holds no parameters or buffers (nothing in the state dict).
+
+Each kind declares the keys of its section in ``options`` (a table of
+:class:`~geopose.schema.Opt`), and ``model.direction``/``model.scale`` are checked against the
+chosen kind's (:class:`~geopose.schema.Kinds`): an option only another kind has is refused,
+naming the key and the kind.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopose.models.heads import (
+    ACTIVATION,
     ACTIVATIONS,
+    CITY,
+    GSD_REF_OPT,
+    SCALE_GSD_MODES,
     PooledMLP,
     flow_pose,
     gradient_magnitude,
@@ -33,8 +43,12 @@ from geopose.models.heads import (
     ramp_pose,
     unit,
 )
-from geopose.models.schema import Registry
+from geopose.schema import Opt, Registry
 from geopose.types import GeoposeOutput, unit_vector
+
+DETACH_AGL = Opt(True, "bool", "no gradient into AGL through the pose fit")
+"""``detach_agl``: of the flow fit (``model.direction``, whatever the kind: the flow map's pose
+is shared by every head that reads it), of dense_attention's weights and of the lstsq scale."""
 
 
 @dataclass(eq=False)
@@ -94,11 +108,13 @@ class PoseContext:
 class PoseHead(nn.Module):
     """Base of the pose heads: ``forward(ctx) -> Tensor``.
 
-    ``requires``: dense heads (``model.<name>``) one of which the kind needs; ``uses_gsd``:
-    whether the output depends on the GSD.
+    ``requires``: dense heads (``model.<name>``) one of which the kind needs; ``options``: the
+    keys of its section besides ``kind`` (the resolved section holds them, defaults filled);
+    ``uses_gsd``: whether the output depends on the GSD.
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[dict[str, Opt]] = {}
 
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         """``cfg``: the resolved ``model.direction``/``model.scale`` section; ``bottleneck``
@@ -123,6 +139,8 @@ def _mlp(cfg: Mapping[str, Any], bottleneck: int, out: int, gsd: bool, extra: in
 class PooledDirection(PoseHead):
     """Pooled bottleneck (+ log-GSD and city cues) -> MLP -> unit direction."""
 
+    options = PooledMLP.options
+
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)
         self.mlp = _mlp(cfg, bottleneck, 2, bool(cfg["gsd"]))
@@ -138,6 +156,13 @@ class DenseAttentionDirection(PoseHead):
     ``softmax(beta · |∇AGL|)`` over the image, so building edges (where heights change and the
     oblique view shows facades) decide the direction. ``beta`` (1/m·px) is learned.
     """
+
+    options = {
+        "activation": ACTIVATION,
+        "channels": Opt(64, "int", "channels of the direction field", min=1),
+        "beta": Opt(1.0, "float", "initial softmax sharpness, 1/m", gt=0),
+        "detach_agl": DETACH_AGL,
+    }
 
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)
@@ -189,14 +214,21 @@ class RampPooledDirection(PoseHead):
     own loss) and the MLP's last layer starts at zero, so the head begins as ``ramp`` and
     ``loss.direction`` trains the correction: where a city's few satellite passes recur, it
     can learn the pass that the facades leave in doubt; its length is how far it is trusted
-    (``cpu_small``: +0.015 on 96 test images over 3 seeds; BENCHMARKS.md, Demo, round 18).
-    ``ramp_input``: the fit's direction is an input of the MLP too, so the correction can
-    depend on the pass, e.g. undo a bias of the fit per pass (a tie in the demo, round 19).
-    ``fit_grad``: the fit is not held fixed: the direction loss trains the ramp and facade
-    heads through it too (as the ``ramp`` head's does; ``cpu_small``: on uniform angles +0.05
-    on 96 test images over 3 seeds, every seed higher, a tie on clustered ones; round 21)."""
+    (``cpu_small``: +0.015 on 96 test images over 3 seeds; BENCHMARKS.md, Experiments behind
+    ``cpu_small`` and the demo). ``ramp_input``: the fit's direction is an input of the MLP
+    too, so the correction can depend on the pass, e.g. undo a bias of the fit per pass (a tie
+    in the demo). ``fit_grad``: the fit is not held fixed: the direction loss trains the ramp
+    and facade heads through it too (as the ``ramp`` head's does; ``cpu_small``: on uniform
+    angles +0.05 on 96 test images over 3 seeds, every seed higher, a tie on clustered ones)."""
 
     requires = ("ramp",)
+    options = {
+        **PooledMLP.options,
+        "ramp_input": Opt(False, "bool", "the fit's direction is an input of the MLP too"),
+        "fit_grad": Opt(
+            False, "bool", "the direction loss reaches the ramp and facade heads through the fit"
+        ),
+    }
     MIN_TRAINED_NORM: ClassVar[float] = 0.1
     """Length of ``ramp + correction`` below which no gradient passes (the ramp part is 0 or 1)."""
 
@@ -228,6 +260,7 @@ class LstsqScale(PoseHead):
     """``Σ mag·agl / Σ agl²`` of each image (MAG of the mag head, else of the flow map)."""
 
     requires = ("mag", "flow")
+    options = {"detach_agl": DETACH_AGL}
 
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)
@@ -241,6 +274,16 @@ class LstsqScale(PoseHead):
 class RegressScale(PoseHead):
     """Pooled bottleneck -> MLP -> scale (px/m) = softplus(raw) · out_scale (/ gsd with
     ``gsd: divide``: it then predicts tan(off-nadir), see :mod:`geopose.models.heads`)."""
+
+    options = {
+        "hidden": PooledMLP.options["hidden"],
+        "activation": ACTIVATION,
+        "dropout": PooledMLP.options["dropout"],
+        "gsd": Opt("concat", "str", "how the GSD enters", choices=SCALE_GSD_MODES),
+        "gsd_ref": GSD_REF_OPT,
+        "city": CITY,
+        "out_scale": Opt(1.0, "float", "output unit, px/m"),
+    }
 
     def __init__(self, cfg: Mapping[str, Any], bottleneck: int, decoder: int) -> None:
         super().__init__(cfg, bottleneck, decoder)

@@ -15,7 +15,9 @@ clipping) lives inside the wrapper, so callers never pass family-specific flags.
 A family is a :class:`Family` subclass registered with :func:`register_family`; it recognises its
 files by content (:meth:`Family.matches`), builds the model from a file
 (:meth:`Family.from_container`) and rebuilds it from the JSON-able ``config`` it stores
-(:meth:`Family.build`, used by fine-tuned geopose checkpoints).
+(:meth:`Family.build`, used by fine-tuned geopose checkpoints). The keys of that config are the
+model's ``options`` (a table of :class:`~geopose.schema.Opt`, declared next to the model class),
+checked by :func:`geopose.schema.check_section` as every other section is.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from torch import nn
 
 from geopose.errors import ConfigError, GeoposeDataError
 from geopose.io.checkpoint import is_torchscript, load_torch_file, read_torchscript_state
-from geopose.models.options import MODELS
-from geopose.models.schema import did_you_mean
+from geopose.models.registry import MODELS
+from geopose.schema import Opt, check_section, did_you_mean
 from geopose.types import GeoposeOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -157,19 +159,34 @@ def load_strict(
 class PublishedModel(nn.Module):
     """Base of every published family's model: pads to ``divisor``, runs :meth:`run`, crops.
 
-    Subclasses set ``family``, build the original network in ``__init__(config)`` and implement
-    :meth:`run` (input already padded to a multiple of ``divisor``). ``config`` is JSON-able and
-    fully describes the architecture (it is what a fine-tuned geopose checkpoint stores).
+    Subclasses set ``family`` and ``options`` (the keys of their config), build the original
+    network in ``__init__(config)`` after ``super().__init__(config)`` has checked the config
+    and filled its defaults (:attr:`config`), and implement :meth:`run` (input already padded
+    to a multiple of ``divisor``). ``config`` is JSON-able and fully describes the architecture
+    (it is what a fine-tuned geopose checkpoint stores).
     """
 
     family: ClassVar[str] = ""
+    options: ClassVar[dict[str, Opt]] = {}
     divisor: int = 32
     uses_gsd: bool = False
     uses_city: bool = False
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
-        self.config = {"family": self.family, **dict(config)}
+        self.config = {"family": self.family, **self.resolve(config)}
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any]) -> dict:
+        """The family's config (a ``model:`` section, ``family:`` optional) checked against
+        :attr:`options`, defaults filled, without ``family``; ConfigError naming the key."""
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"model: expected a mapping, got {config!r}")
+        cfg = dict(config)
+        family = cfg.pop("family", cls.family)
+        if family != cls.family:
+            raise ConfigError(f"model.family: {family!r}, but this is the {cls.family!r} model")
+        return check_section("model", cls.options, cfg)
 
     def run(
         self, image: torch.Tensor, gsd: torch.Tensor, city: torch.Tensor
@@ -247,12 +264,19 @@ class Family:
 
     A subclass sets ``name``, ``description`` and ``model`` (its :class:`PublishedModel`) and
     implements :meth:`state_of`, :meth:`matches` and, when the file decides the architecture,
-    :meth:`config_of`; :meth:`from_container` and :meth:`build` are then the same for all.
+    :meth:`config_of`; :meth:`from_container`, :meth:`resolve` and :meth:`build` are then the
+    same for all, and :attr:`options` are the model's.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     model: ClassVar[type[PublishedModel]]
+    options: ClassVar[dict[str, Opt]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model" in vars(cls):
+            cls.options = cls.model.options  # one table: the model's, next to its class
 
     @classmethod
     def state_of(cls, container: Container) -> dict[str, torch.Tensor] | None:
@@ -287,6 +311,12 @@ class Family:
         return model
 
     @classmethod
+    def resolve(cls, config: Mapping[str, Any]) -> dict:
+        """The config checked against :attr:`options`, defaults filled
+        (:meth:`PublishedModel.resolve`)."""
+        return cls.model.resolve(config)
+
+    @classmethod
     def build(cls, config: dict) -> PublishedModel:
         """Rebuild the (untrained) model from its stored ``config``."""
         return cls.model(config)
@@ -294,7 +324,7 @@ class Family:
 
 class _Families(Mapping[str, type[Family]]):
     """The published families by name, in registration order: the :class:`Family` entries of
-    :data:`geopose.models.options.MODELS`, the registry ``create_model`` builds from."""
+    :data:`geopose.models.registry.MODELS`, the registry ``create_model`` builds from."""
 
     def _entries(self) -> dict[str, type[Family]]:
         return {k: v for k, v in MODELS.items() if isinstance(v, type) and issubclass(v, Family)}
@@ -314,7 +344,7 @@ FAMILIES: Mapping[str, type[Family]] = _Families()
 
 def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: register a :class:`Family` under ``cls.name`` in
-    :data:`~geopose.models.options.MODELS` (so in :data:`FAMILIES` too)."""
+    :data:`~geopose.models.registry.MODELS` (so in :data:`FAMILIES` too)."""
     return MODELS.register(cls.name)(cls)
 
 

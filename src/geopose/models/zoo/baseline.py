@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geopose.errors import ConfigError, GeoposeDataError
+from geopose.errors import GeoposeDataError
 from geopose.models.heads import unit
 from geopose.models.zoo.base import (
     IMAGENET_MEAN,
@@ -67,6 +67,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.schema import Opt
 from geopose.types import GeoposeOutput
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -90,9 +91,21 @@ class BaselineModel(PublishedModel):
     uses_gsd = False
     uses_city = False
 
+    options: ClassVar[dict[str, Opt]] = {
+        "encoder": Opt(
+            "resnet34",
+            "str",
+            "smp ResNet encoder (the authors' --backbone)",
+            choices=tuple(RESNETS),
+        ),
+        "downsample": Opt(
+            2, "int", "the network reads every n-th row and column (the authors' 2)", min=1
+        ),
+    }
+
     def __init__(self, config: dict) -> None:
-        config = resolve_config(config)
         super().__init__(config)
+        config = self.config
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
         from segmentation_models_pytorch.encoders import get_encoder
 
@@ -138,25 +151,6 @@ class BaselineModel(PublishedModel):
             agl = F.interpolate(agl, size=size, mode="nearest")
             mag = F.interpolate(mag, size=size, mode="nearest")
         return GeoposeOutput(agl, mag * s, unit(xydir), scale * s)
-
-
-def resolve_config(config: dict) -> dict:
-    """Defaults and checks of a baseline config: ``encoder`` (an smp ResNet), ``downsample``."""
-    cfg = {"encoder": "resnet34", "downsample": 2, **dict(config)}
-    family = cfg.pop("family", "baseline")
-    if family != "baseline":
-        raise ConfigError(f"baseline model config: family is {family!r}, not 'baseline'")
-    unknown = sorted(set(cfg) - {"encoder", "downsample"})
-    if unknown:
-        raise ConfigError(f"baseline model config: unknown key(s) {unknown}")
-    if cfg["encoder"] not in RESNETS:
-        raise ConfigError(
-            f"baseline model config: encoder {cfg['encoder']!r} is not one of {sorted(RESNETS)}"
-        )
-    ds = cfg["downsample"]
-    if isinstance(ds, bool) or not isinstance(ds, int) or ds < 1:
-        raise ConfigError(f"baseline model config: downsample must be an integer >= 1, got {ds!r}")
-    return cfg
 
 
 def identify_encoder(state: dict, path) -> str:

@@ -49,7 +49,6 @@ import timm
 import torch
 from torch import nn
 
-from geopose.errors import ConfigError
 from geopose.models.heads import unit
 from geopose.models.zoo.base import (
     Container,
@@ -61,6 +60,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.schema import Opt
 from geopose.types import GeoposeOutput
 
 PUBLISHED_FILES = (
@@ -139,16 +139,13 @@ class FirstPlaceModel(PublishedModel):
     uses_gsd: bool = False
     uses_city: bool = False
 
+    options: ClassVar[dict[str, Opt]] = {
+        "encoder": Opt(DEFAULT_ENCODER, "str", "the authors' encoder", choices=tuple(ENCODERS)),
+    }
+
     def __init__(self, config: dict) -> None:
-        config = {"encoder": DEFAULT_ENCODER, **dict(config)}
-        unknown = sorted(set(config) - {"encoder"})
-        if unknown:
-            raise ConfigError(f"first: unknown model key(s) {unknown}")
-        name = config["encoder"]
-        if name not in ENCODERS:
-            raise ConfigError(f"first: encoder {name!r} is not one of {sorted(ENCODERS)}")
         super().__init__(config)
-        spec = ENCODERS[name]
+        spec = ENCODERS[self.config["encoder"]]
         encoder = timm.create_model(spec["timm"], features_only=True, pretrained=False)
         skips = list(encoder.feature_info.channels())  # shallowest first
         widths = list(spec["decoder"])

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geopose.errors import ConfigError, GeoposeDataError
+from geopose.errors import GeoposeDataError
 from geopose.models.heads import unit
 from geopose.models.zoo.base import (
     CITY_ORDER,
@@ -80,6 +80,7 @@ from geopose.models.zoo.base import (
     state_dict_at,
     strip_prefix,
 )
+from geopose.schema import Opt
 from geopose.types import GeoposeOutput
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -156,9 +157,13 @@ class FourthModel(PublishedModel):
     uses_gsd = True
     uses_city = True
 
+    options: ClassVar[dict[str, Opt]] = {
+        "encoder": Opt("senet154", "str", "smp encoder of the published files", choices=ENCODERS),
+    }
+
     def __init__(self, config: dict) -> None:
-        config = resolve_config(config)
         super().__init__(config)
+        config = self.config
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
         from segmentation_models_pytorch.encoders import get_encoder
 
@@ -239,22 +244,6 @@ class FourthModel(PublishedModel):
             agl = torch.minimum(height.clamp_min(0.0), limit[:, None, None, None])
         mag = scale[:, None, None, None] * agl
         return GeoposeOutput(agl, mag, unit(xydir), scale)
-
-
-def resolve_config(config: dict) -> dict:
-    """Checks of a 4th place config: ``{"encoder": "senet154" | "efficientnet-b0".."b7"}``."""
-    cfg = {"encoder": "senet154", **dict(config)}
-    family = cfg.pop("family", "fourth")
-    if family != "fourth":
-        raise ConfigError(f"fourth model config: family is {family!r}, not 'fourth'")
-    unknown = sorted(set(cfg) - {"encoder"})
-    if unknown:
-        raise ConfigError(f"fourth model config: unknown key(s) {unknown}")
-    if cfg["encoder"] not in ENCODERS:
-        raise ConfigError(
-            f"fourth model config: encoder {cfg['encoder']!r} is not one of {list(ENCODERS)}"
-        )
-    return cfg
 
 
 def identify_encoder(state: dict, path) -> str:

@@ -87,6 +87,7 @@ from geopose.models.zoo.base import (
     ridge_scale,
     state_dict_at,
 )
+from geopose.schema import Opt
 from geopose.types import GeoposeOutput
 
 OUTPUT_AGL_MASK = "OUTPUT_AGL_MASK"
@@ -608,12 +609,19 @@ class SecondPlaceUNet(PublishedModel):
     uses_gsd: bool = True
     uses_city: bool = False
 
+    options: ClassVar[dict[str, Opt]] = {
+        "model": Opt(
+            None,
+            "mapping",
+            "the hydra model section of the checkpoint (checkpoint_data.config.model)",
+            required=True,
+        ),
+    }
+
     def __init__(self, config: dict) -> None:
-        if not isinstance(config, Mapping) or "model" not in config:
-            raise ConfigError("second-place config needs a 'model' key (the hydra model section)")
-        spec = parse_spec(config["model"])
-        super().__init__({"model": _plain(config["model"])})
-        self.spec = spec
+        super().__init__(config)
+        self.config["model"] = _plain(self.config["model"])
+        self.spec = spec = parse_spec(self.config["model"])
         timm_name, drop_path = ENCODERS[spec.encoder]
         self.encoder = EfficientNetEncoder(
             timm_name, spec.layers, spec.encoder_activation, drop_path

@@ -1,6 +1,6 @@
-"""Forward preservation (issue 16): every recipe's model and every pose-head kind give the
-golden outputs of tests/fixtures/golden on the golden image, and a checkpoint that geopose
-wrote before the restructuring still loads and predicts the same numbers."""
+"""Forward preservation: every recipe's model and every pose-head kind give the golden outputs
+of tests/fixtures/golden on the golden image, and a checkpoint in an older layout
+(legacy_cpu_small.ckpt) still loads and predicts the same numbers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_the_comparison_tells_other_weights_apart():
         assert_close(got["agl"], ref["agl"], "agl", rtol=RTOL)
 
 
-def test_a_checkpoint_written_before_the_restructuring_predicts_the_same():
+def test_a_checkpoint_in_an_older_layout_predicts_the_same():
     from geopose.inference import Predictor
     from geopose.models import load_checkpoint
 

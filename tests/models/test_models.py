@@ -275,7 +275,7 @@ def test_kbrodt_mag_is_agl_times_scale():
 def test_dense_attention_follows_the_agl_edges():
     """The dense head averages its per-pixel directions with softmax(β·|∇AGL|) weights: with a
     sharp β the direction is the one on the building edge, with β → 0 the image's mean."""
-    from geopose.models.options import MODEL_DEFAULTS
+    from geopose.config import MODEL_DEFAULTS
     from geopose.models.pose import DenseAttentionDirection
 
     agl = torch.zeros(1, 1, 16, 16)

@@ -177,14 +177,6 @@ def test_facade_head_weighs_the_ramp_fit_and_learns_from_the_true_facades():
     image, gsd = torch.rand(2, 3, 64, 64), torch.tensor([0.3, 0.3])
     out = model(image, gsd)
     assert out.facade.shape == (2, 1, 64, 64)
-    # The fit reads the ramps through the facade probabilities: logits that silence half of
-    # the image change the pose, as the same weights passed to ramp_pose do.
-    ramp = torch.randn(2, 2, 64, 64)
-    logits = torch.full((2, 1, 64, 64), 20.0)
-    logits[..., 32:] = -20.0
-    ctx_direction, _ = ramp_pose(ramp, weights=torch.sigmoid(logits))
-    half_direction, _ = ramp_pose(ramp[..., :32])
-    torch.testing.assert_close(ctx_direction, half_direction, atol=1e-4, rtol=1e-4)
     agl = torch.from_numpy(render(make_scene("OMA", 64, 3), 1.0, 0.9, nadir=False).agl)
     batch = {
         "agl": agl[None, None].repeat(2, 1, 1, 1),
@@ -206,6 +198,54 @@ def test_facade_head_weighs_the_ramp_fit_and_learns_from_the_true_facades():
         )
     with pytest.raises(ConfigError, match="facade head"):
         loss(out._replace(facade=None), batch)
+
+
+class _Fixed(torch.nn.Module):
+    """A dense head whose map (B×C×H×W) is given, whatever the decoder shows it."""
+
+    uses_gsd = False
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, dec, gsd=None, city=None) -> torch.Tensor:
+        return self.out
+
+
+def _facade_ramps(angle: float, scale: float, rows: int, cols: int) -> torch.Tensor:
+    """2×rows×cols height gradients (m/px, (d/dcol, d/drow)) of walls of two orientations, every
+    one a facade of the pose (angle rad, scale px/m): ``∇z · scale·(sin a, cos a) = -1``."""
+    u = torch.tensor([math.sin(angle), math.cos(angle)])
+    across = torch.tensor([math.cos(angle), -math.sin(angle)])  # ⟂ u: free along the wall
+    g = torch.stack([-u / scale + 0.5 * across, -u / scale - 0.5 * across])  # 2 walls × 2
+    return g[torch.arange(rows) % 2].T[:, :, None].expand(2, rows, cols)
+
+
+def test_the_facade_head_decides_whose_facades_the_fit_reads():
+    """The model weighs each pixel of its ramp fit by the facade head's probability. An image
+    whose left half holds the facades of one pose and right half those of another: facade
+    logits that keep one half give that half's direction and scale (px/m), where the fit over
+    every sloped pixel (no facade head) gives neither."""
+    poses = [(0.6, 0.8), (2.5, 1.0)]  # (angle rad, scale px/m): left half, right half
+    ramp = torch.cat([_facade_ramps(a, s, 64, 32) for a, s in poses], dim=2)
+    model = create_model({**TINY_RAMP, "facade": {"channels": 8}}).eval()
+    model.ramp_head = _Fixed(ramp.expand(2, -1, -1, -1))
+    image, gsd = torch.rand(2, 3, 64, 64), torch.tensor([0.3, 0.3])
+    for half, (angle, scale) in enumerate(poses):
+        logits = torch.full((2, 1, 64, 64), -20.0)
+        logits[..., 32 * half : 32 * (half + 1)] = 20.0
+        model.facade_head = _Fixed(logits)
+        with torch.no_grad():
+            out = model(image, gsd)
+        want = torch.tensor([[math.sin(angle), math.cos(angle)]] * 2)
+        torch.testing.assert_close(out.direction, want, atol=1e-3, rtol=0)
+        torch.testing.assert_close(out.scale, torch.full((2,), scale), atol=0, rtol=1e-3)
+    model.facade_head = None
+    with torch.no_grad():
+        mixed = model(image, gsd).direction[0]
+    got = math.atan2(float(mixed[0]), float(mixed[1]))
+    assert min(_angle_error_deg(got, a) for a, _ in poses) > 10.0
 
 
 def test_facade_power_trusts_the_surest_pixels_more():
@@ -304,7 +344,7 @@ def test_ramp_pooled_without_ramps_trains_with_finite_gradients():
 @pytest.mark.parametrize("ramp_input", [True, False])
 def test_ramp_pooled_with_the_fit_as_input_learns_a_bias_per_pass(ramp_input):
     """One city, three passes whose facades the fit reads off by the biases a demo's model had
-    on Argentina's passes (-24°, +17°, -13°; BENCHMARKS.md, round 19), on images whose pooled
+    on Argentina's passes (-24°, +17°, -13°; BENCHMARKS.md), on images whose pooled
     features tell nothing: the correction can undo the three biases only when the fit's
     direction is one of its inputs (``ramp_input``); without it one vector is added to all
     three (which can undo any two biases, not three)."""

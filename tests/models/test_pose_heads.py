@@ -1,18 +1,27 @@
-"""Pose heads by registry, the model/loss schema and the model registry (issue 16): one forward
-contract per head kind, shared fits computed once, every default in one table, did-you-mean
-errors for unknown names and keys."""
+"""Pose heads by registry, the model/loss schema and the model registry: one forward contract
+per head kind, shared fits computed once, every part's options declared next to its class and
+checked by one machinery (tested over every registered entry), did-you-mean errors for unknown
+names and keys."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from geopose.config import (
+    LOSS_DEFAULTS,
+    MODEL,
+    MODEL_DEFAULTS,
+    Opt,
+    Registry,
+    Section,
+    check_section,
+    defaults_of,
+)
 from geopose.errors import ConfigError
-from geopose.models import create_model, resolve_loss_config, resolve_model_config
+from geopose.models import MODELS, create_model, resolve_loss_config, resolve_model_config
 from geopose.models import pose as pose_module
-from geopose.models.options import LOSS_DEFAULTS, MODEL_DEFAULTS, MODELS
 from geopose.models.pose import DIRECTION_HEADS, SCALE_HEADS, PoseContext, PoseHead
-from geopose.models.schema import Opt, Registry, Section, check_section, defaults_of
 
 TINY = {
     "encoder": "resnet18",
@@ -30,13 +39,18 @@ def _run(cfg: dict):
         return model, model(torch.rand(2, 3, 64, 64), torch.tensor([0.3, 0.5]))
 
 
+def _small(heads, kind: str) -> dict:
+    """A pose section of ``kind``, with a narrow MLP when the kind has one."""
+    return {"kind": kind, **({"hidden": 8} if "hidden" in heads[kind].options else {})}
+
+
 def test_every_kind_is_registered_and_builds():
     assert list(DIRECTION_HEADS) == ["pooled", "dense_attention", "flow", "ramp", "ramp_pooled"]
     assert list(SCALE_HEADS) == ["lstsq", "regress", "flow", "ramp"]
     for d in DIRECTION_HEADS:
         for s in SCALE_HEADS:
             cfg = {**TINY, "flow": {"channels": 8}, "ramp": {"channels": 8}}
-            cfg["direction"], cfg["scale"] = {"kind": d, "hidden": 8}, {"kind": s, "hidden": 8}
+            cfg["direction"], cfg["scale"] = _small(DIRECTION_HEADS, d), _small(SCALE_HEADS, s)
             model, out = _run(cfg)
             assert isinstance(model.direction_head, DIRECTION_HEADS[d])
             assert isinstance(model.scale_head, SCALE_HEADS[s])
@@ -112,21 +126,21 @@ def test_out_of_bounds_values_name_the_key(section, value, message):
 def test_the_defaults_are_the_ones_before_the_schema():
     dense = {"channels": 64, "activation": "relu", "out_activation": "none", "out_scale": 10.0}
     dense["city"] = False
-    dense["upsample"] = "features"  # added with issue 18, round 5 (the behaviour before)
-    dense["depth"], dense["dilation"] = 1, 1  # added with issue 18, round 7 (the same)
+    dense["upsample"] = "features"  # the behaviour before the option
+    dense["depth"], dense["dilation"] = 1, 1  # the same
     fit = {"iterations": 5, "huber": 0.3, "min_slope": 0.3, "max_slope": 3.0}
-    fit["facade_power"] = 1.0  # added with issue 18, round 7 (the plain weights)
+    fit["facade_power"] = 1.0  # the plain weights
     before = {
         "encoder": "resnet34",
         "pretrained": False,
         "encoder_kwargs": {},
-        "input_stride": 1,  # added with issue 18, round 17 (the image as it is)
+        "input_stride": 1,  # the image as it is
         "decoder": {"kind": "unet", "channels": [256, 128, 64, 32], "output_stride": 4},
         "agl": {**dense, "gsd": "concat", "gsd_ref": 0.3},
         "mag": dense,
         "flow": None,
         "ramp": None,
-        "facade": None,  # added with issue 18 (off by default)
+        "facade": None,  # off by default
         "direction": {
             "kind": "pooled",
             "hidden": 256,
@@ -138,8 +152,8 @@ def test_the_defaults_are_the_ones_before_the_schema():
             "channels": 64,
             "beta": 1.0,
             "detach_agl": True,
-            "ramp_input": False,  # added with issue 18, round 19 (ramp_pooled only; off)
-            "fit_grad": False,  # added with issue 18, round 21 (ramp_pooled only; off)
+            "ramp_input": False,  # ramp_pooled only; off
+            "fit_grad": False,  # ramp_pooled only; off
         },
         "scale": {
             "kind": "lstsq",
@@ -164,7 +178,7 @@ def test_the_defaults_are_the_ones_before_the_schema():
         "flow": {**target, "weight": 0.0},
         "vflow": {**target, "weight": 0.0},
         "ramp": {**target, "weight": 0.0, "max_slope": 3.0},
-        "facade": None,  # added with issue 18 (off unless asked for)
+        "facade": None,  # off unless asked for
     }
     assert before == LOSS_DEFAULTS
     resolved = resolve_loss_config({"flow": {"weight": 2}, "mag": None})
@@ -198,3 +212,108 @@ def test_schema_sections_and_registry_helpers():
     assert reg.lookup("one") == 1 and "one" in reg and len(reg) == 1
     with pytest.raises(ConfigError, match=r"thing\.kind: 'on' is not one of \['one'\]; did"):
         reg.lookup("on")
+
+
+# --- every registered entry ------------------------------------------------------------------
+
+_POSE_HEADS = {"direction": DIRECTION_HEADS, "scale": SCALE_HEADS}
+_REQUIRED = {"mapping": {}}
+"""A value of each kind of required option, for the entries that have one."""
+
+
+def _other_value(opt: Opt):
+    """A valid value of ``opt`` other than its default."""
+    if opt.kind == "bool":
+        return not opt.default
+    if opt.kind in ("int", "float"):
+        step = 1 if opt.kind == "int" else 0.5
+        value = opt.default + step
+        return value if opt.max is None or value <= opt.max else opt.default - step
+    if opt.kind == "str" and list(opt.choices):
+        return next(c for c in opt.choices if c != opt.default)
+    pytest.fail(f"no other value for an option of kind {opt.kind!r}: add one to _other_value")
+
+
+@pytest.mark.parametrize(
+    "section, kind",
+    [(section, kind) for section, heads in _POSE_HEADS.items() for kind in heads],
+    ids=lambda v: str(v),
+)
+def test_every_pose_kind_resolves_its_options_and_refuses_others(section, kind):
+    """Each registered direction/scale kind's own options resolve to their defaults; an unknown
+    key is refused naming it, and so is an option only other kinds have, naming the kinds."""
+    heads = _POSE_HEADS[section]
+    cls = heads[kind]
+    base = {name: {} for name in cls.requires[:1]}  # the dense head the kind reads
+    out = resolve_model_config({**base, section: {"kind": kind}})[section]
+    assert out["kind"] == kind
+    assert {k: out[k] for k in cls.options} == {k: o.default for k, o in cls.options.items()}
+    assert set(out) == set(MODEL_DEFAULTS[section])  # one shape whatever the kind
+    for key, opt in cls.options.items():
+        given = {"kind": kind, key: _other_value(opt)}
+        assert resolve_model_config({**base, section: given})[section][key] == given[key]
+    with pytest.raises(ConfigError, match=rf"model\.{section}: unknown key\(s\) \['zz_unknown'\]"):
+        resolve_model_config({**base, section: {"kind": kind, "zz_unknown": 1}})
+    own = {*cls.options, *MODEL[section].common}
+    for other, other_cls in heads.items():
+        for key, opt in other_cls.options.items():
+            if key in own:
+                continue
+            message = rf"model\.{section}\.{key}: an option of kind .*{other}.*, not of '{kind}'"
+            with pytest.raises(ConfigError, match=message):
+                resolve_model_config({**base, section: {"kind": kind, key: _other_value(opt)}})
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_resolves_its_options_and_refuses_unknown_ones(name):
+    """Each registered model (geopose and every published family) resolves its declared
+    options to their defaults and refuses an unknown key naming it, alone and as a
+    ``model:`` section with ``family:``."""
+    entry = MODELS[name]
+    required = {k: o for k, o in entry.options.items() if isinstance(o, Opt) and o.required}
+    given = {}
+    for key, opt in required.items():
+        if opt.kind not in _REQUIRED:
+            pytest.fail(f"no sample value for the required {opt.kind!r} {key}: add one")
+        given[key] = _REQUIRED[opt.kind]
+        with pytest.raises(ConfigError, match=rf"model: needs '{key}'"):
+            entry.resolve({k: v for k, v in given.items() if k != key})
+    assert entry.resolve(given) == {**defaults_of(entry.options), **given}
+    with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['zz_unknown'\]"):
+        entry.resolve({**given, "zz_unknown": 1})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['zz_unknown'\]"):
+        resolve_model_config({"family": name, **given, "zz_unknown": 1})
+
+
+def test_a_kind_switch_keeps_only_what_the_new_kind_reads():
+    """An override that switches a pose head's kind drops the options the new kind does not
+    read and keeps the ones it shares; the same options written by hand are refused."""
+    from geopose.config import resolve_config
+
+    cfg = resolve_config("cpu_small", ["model.direction.kind=pooled", "model.scale.kind=ramp"])
+    assert cfg["model"]["direction"] == {"kind": "pooled", "city": True}  # fit_grad dropped
+    assert cfg["model"]["scale"] == {"kind": "ramp"}  # gsd, city: the regress head's
+    model = create_model("cpu_small", direction={"kind": "flow"}, flow={"channels": 8})
+    assert model.config["direction"]["fit_grad"] is False  # the default, not cpu_small's true
+    with pytest.raises(ConfigError, match=r"model\.direction\.fit_grad: .*ramp_pooled.*'pooled'"):
+        create_model({**TINY, "direction": {"kind": "pooled", "fit_grad": True}})
+    # a resolved section (every kind's options, the others' at their defaults) resolves again
+    resolved = resolve_model_config({**TINY, "direction": {"kind": "dense_attention"}})
+    assert resolve_model_config(resolved) == resolved
+
+
+def test_a_checkpoint_whose_section_holds_another_kinds_option_loads(tmp_path):
+    """A stored ``model:`` section may carry options of another kind (they never reached the
+    model): the checkpoint loads, into the same weights."""
+    from geopose.models import load_checkpoint
+
+    model = create_model(TINY)
+    stored = {**TINY, "direction": {**TINY["direction"], "beta": 2.0, "fit_grad": True}}
+    ckpt = {
+        "hyper_parameters": {"config": {"model": stored}},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+    }
+    loaded, config = load_checkpoint(tmp_path / "x.ckpt", ckpt=ckpt)
+    assert config["model"] == stored
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
