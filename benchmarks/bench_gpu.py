@@ -987,7 +987,7 @@ def section_ddp(s: Section) -> None:
         backend = "NCCL"
         if len(nprocs) == 1:
             s.emit("DDP 2 processes, NCCL", skip="one GPU: the 2-process run needs 2 GPUs")
-    else:  # --tiny keeps to the 1-process run (tests/test_training.py runs 2 with gloo)
+    else:  # --tiny keeps to the 1-process run (tests/training/test_training.py runs 2 with gloo)
         nprocs, backend = ([1] if s.ctx["tiny"] else [1, 2]), "gloo"
 
     def run(n: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_gpu.py"
 SECTIONS = ("data", "train", "infer", "numerics", "ddp")
 
@@ -43,6 +43,7 @@ def _find(rows: dict[str, dict], *words: str) -> dict:
     return hits[0]
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_measures_every_section(tmp_path):
     result = _run(tmp_path, "--tiny")
     assert result["device"] == "cpu" and result["tiny"] is True
@@ -99,6 +100,7 @@ def test_tiny_cpu_run_measures_every_section(tmp_path):
     assert len(ddp["rank_checksums"]) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_or_failing_section_is_reported_and_the_run_goes_on(tmp_path):
     """The full-size data section (12 synthetic 2048² images) cannot finish in 1 s + the
     grace: it is killed with its worker processes; numerics then finds no test images."""

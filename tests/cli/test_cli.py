@@ -101,8 +101,8 @@ def test_progress_bar_draws_the_library_callback_and_steps_aside():
 
 def test_no_library_module_draws():
     """Only geopose.cli imports rich: the library reports progress and the CLI draws it (the
-    training's status goes to a view, geopose.training.run.TrainingView; without one from the
-    CLI it is a plain-text line, geopose.training.run.LineView)."""
+    training's status goes to a view, geopose.training.progress.TrainingView; without one from the
+    CLI it is a plain-text line, geopose.training.progress.LineView)."""
     import ast
     from pathlib import Path
 

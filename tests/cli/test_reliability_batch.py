@@ -89,7 +89,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A small data set (2 train with truth, 2 test) in the competition layout."""
-    from conftest import make_fake_dataset
+    from helpers.fake_data import make_fake_dataset
 
     root = tmp_path_factory.mktemp("d") / "data"
     make_fake_dataset(root, n_train=2, n_test=2, size=32)
@@ -443,6 +443,7 @@ def _interrupt_and_finish(cmd: list[str], out: Path, n_files: int, seed: int) ->
 GEOPOSE = [sys.executable, "-m", "geopose.cli.main"]
 
 
+@pytest.mark.slow
 def test_predict_killed_three_times_matches_an_uninterrupted_run(tmp_path, ckpt, make_fake_dataset):
     ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=16, size=256)
     args = ["predict", str(ckpt), "--images", str(ds.root / "test"), "--tta", "none",
@@ -457,6 +458,7 @@ def test_predict_killed_three_times_matches_an_uninterrupted_run(tmp_path, ckpt,
     assert leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_prepare_killed_three_times_matches_an_uninterrupted_run(tmp_path, make_fake_dataset):
     ds = make_fake_dataset(tmp_path / "data", n_train=16, n_test=4, size=256)
     args = ["prepare", str(ds.root), "--downsample", "2", "-j", "1"]
@@ -469,6 +471,7 @@ def test_prepare_killed_three_times_matches_an_uninterrupted_run(tmp_path, make_
     assert leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_synth_killed_three_times_matches_an_uninterrupted_run(tmp_path):
     args = ["synth", "--train", "16", "--test", "6", "--size", "64", "--seed", "3", "-w", "2",
             "--nadir", "--hidden", "0.2"]  # fmt: skip

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_metrics import reference_score
+from helpers.scoring import reference_score
 from typer.testing import CliRunner
 
 from geopose.cli.main import app
@@ -16,6 +16,7 @@ from geopose.errors import ConfigError, OutputPathError
 from geopose.io import read_agl, read_vflow
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", str(out), "--minutes", "0.3", "--train", "10", "--test", "2", "--size", "64"]
@@ -128,7 +129,7 @@ def test_demo_training_spends_its_minutes_on_steps(tmp_path, monkeypatch):
 
     s = demo.DemoSettings(out=tmp_path / "d")
     for cores, workers in ((2, 0), (1, 0), (8, 1)):
-        monkeypatch.setattr(demo.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(demo.steps.os, "cpu_count", lambda cores=cores: cores)
         cfg = demo.train_config(s, 5.0)
         assert cfg["data"]["workers"] == workers, cores
         assert cfg["data"]["folds"] == 10 and cfg["train"]["val_every"] == 4

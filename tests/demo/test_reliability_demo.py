@@ -1,6 +1,6 @@
 """``geopose demo`` keeps its time budget, whatever the load.
 
-The demo runs on a virtual clock (``time.monotonic`` of ``geopose.demo`` and of Lightning's
+The demo runs on a virtual clock (``time.monotonic`` of ``geopose.demo.budget`` and of Lightning's
 ``Timer``, which ``train.max_minutes`` sets): only the model's work costs virtual time, a fixed
 amount per training step, validation, end of training, TTA view, report figure and
 rectification; data, setup and the rest cost none. So the demo's total is deterministic, and a
@@ -30,7 +30,7 @@ test image, a report figure and a rectification, at load 1."""
 
 
 class VirtualTime(types.SimpleNamespace):
-    """Stands in for the ``time`` module in ``geopose.demo``: ``monotonic()`` is virtual."""
+    """Stands in for the ``time`` module in ``geopose.demo.budget``: ``monotonic()`` is virtual."""
 
     def __init__(self) -> None:
         super().__init__(now=1000.0, load=1.0, steps=0)
@@ -69,7 +69,7 @@ def run_virtual_demo(
     """The demo at 64² px (10 train, 6 test images) on the virtual clock, a training step
     costing ``step`` (and a validation half that) -> (scores, total minutes, clock)."""
     vt = VirtualTime()
-    monkeypatch.setattr(demo, "time", vt)
+    monkeypatch.setattr(demo.budget, "time", vt)
     monkeypatch.setattr(lightning.pytorch.callbacks.timer, "time", vt)  # train.max_minutes
 
     def charged(fn, cost):
@@ -103,7 +103,7 @@ def run_virtual_demo(
             after_training(vt)
         return out
 
-    monkeypatch.setattr(demo, "train_model", then)
+    monkeypatch.setattr(demo.steps, "train_model", then)
     s = demo.DemoSettings(  # D4 asked (cpu_small's own is none): views to cut when late
         out=tmp_path / "demo", minutes=minutes, n_train=10, n_test=6, size=64, workers=1, tta="d4"
     )
@@ -113,6 +113,7 @@ def run_virtual_demo(
     return scores, (vt.now - started) / 60, vt
 
 
+@pytest.mark.slow
 def test_load_rising_during_training_is_caught_before_prediction(tmp_path, monkeypatch):
     """Three times slower from the 4th step on: the training stops early enough for D4."""
 
@@ -129,6 +130,7 @@ def test_load_rising_during_training_is_caught_before_prediction(tmp_path, monke
     assert saved["final"] == scores["final"]
 
 
+@pytest.mark.slow
 def test_load_rising_after_training_gives_fewer_views_not_an_overrun(tmp_path, monkeypatch):
     """Three times slower once the training is over: the late images get fewer TTA views."""
 
@@ -168,7 +170,7 @@ def test_time_box_stops_when_the_rest_no_longer_fits(monkeypatch):
 
 def test_time_box_probes_the_prediction_speed_near_the_end(monkeypatch):
     vt = VirtualTime()
-    monkeypatch.setattr(demo, "time", vt)
+    monkeypatch.setattr(demo.budget, "time", vt)
     probes = []
 
     def probe() -> float:
@@ -189,7 +191,7 @@ def test_time_box_probes_the_prediction_speed_near_the_end(monkeypatch):
 
 def test_time_box_corrects_a_calibration_taken_in_a_load_spike(monkeypatch):
     vt = VirtualTime()
-    monkeypatch.setattr(demo, "time", vt)
+    monkeypatch.setattr(demo.budget, "time", vt)
     # The calibration timed the prediction at 5 s and reserved 100 s after training; near the
     # end the probe predicts in 1 s: the machine is 5 times faster than when calibrated.
     box = demo.TrainTimeBox(

@@ -1,7 +1,7 @@
 """Golden outputs (tests/fixtures/golden): every recipe's model and every pose-head kind, with
 weights filled by a rule of each tensor's name and shape (independent of construction order
 and of timm's initialisers), run on one closed-form 64² image. A refactor that changes a
-number fails ``tests/test_golden.py``; ``tests/fixtures/golden/make_golden.py`` wrote them.
+number fails ``tests/models/test_golden.py``; ``tests/fixtures/golden/make_golden.py`` wrote them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 SIZE = 64
 """Side (px) of the golden image."""
 GSD, CITY = 0.4, 1

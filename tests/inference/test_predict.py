@@ -195,6 +195,7 @@ def test_ensemble_spec(tmp_path, capsys, ckpts):
     assert code == 1 and "missing.ckpt" in out and "not found" in out
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_writes_each_output_once(tmp_path, ckpts, make_fake_dataset):
     ds = make_fake_dataset(tmp_path / "data", n_train=0, n_test=5, size=64)
     out = tmp_path / "p"

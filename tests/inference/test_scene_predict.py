@@ -107,8 +107,9 @@ def write_vrt_mosaic(path: Path, left: Path, right: Path, h: int, w_left: int, w
 
 
 def recipe() -> dict:
-    """cpu_small with softplus heights and a pooled direction head (as tests/test_predict.py):
-    random weights give positive, colour-dependent heights and image-dependent angles."""
+    """cpu_small with softplus heights and a pooled direction head (as
+    tests/inference/test_predict.py): random weights give positive, colour-dependent heights and
+    image-dependent angles."""
     cfg = load_recipe("cpu_small")
     cfg["model"]["agl"]["out_activation"] = "softplus"
     cfg["model"]["direction"] = {"kind": "pooled"}

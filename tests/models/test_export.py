@@ -11,6 +11,8 @@ from geopose.cli.main import main
 from geopose.models import create_model, load_recipe
 from geopose.models.export import onnx_parity
 
+pytestmark = pytest.mark.slow  # ONNX exports
+
 
 def _cli(*args: str) -> int:
     """Run ``geopose ARGS`` in-process; the exit code."""

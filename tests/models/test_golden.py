@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 
-import golden
 import numpy as np
 import pytest
 import torch
+from helpers import golden
 from zoo_fixtures import RTOL, assert_close
 
 

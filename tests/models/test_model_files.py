@@ -131,6 +131,7 @@ def test_export_refuses_it(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_trust_file_loads_a_published_file_that_holds_another_object(tmp_path, capsys):
     """A 1st place file whose metadata holds a ``fractions.Fraction`` (harmless, but not on the
     allow-list) is refused, and predicted with under ``--trust-file`` (a warning first)."""
@@ -165,6 +166,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     return root / "data", root / "run"
 
 
+@pytest.mark.slow
 def test_a_geopose_checkpoint_holds_plain_types_only(tiny_run):
     """PyTorch's own safe loader reads it with no allow-list at all; geopose loads it."""
     _, run = tiny_run
@@ -175,6 +177,7 @@ def test_a_geopose_checkpoint_holds_plain_types_only(tiny_run):
     assert config["name"] == "cpu_small" and not model.training
 
 
+@pytest.mark.slow
 def test_train_init_from_refuses_it(tmp_path, capsys, tiny_run):
     data, _ = tiny_run
     marker = tmp_path / "created"
@@ -185,6 +188,7 @@ def test_train_init_from_refuses_it(tmp_path, capsys, tiny_run):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_train_resume_refuses_a_replaced_last_checkpoint(tmp_path, capsys, tiny_run):
     _, run = tiny_run
     copy = shutil.copytree(run, tmp_path / "run")
@@ -195,6 +199,7 @@ def test_train_resume_refuses_a_replaced_last_checkpoint(tmp_path, capsys, tiny_
     assert_refused(code, out, last, marker)
 
 
+@pytest.mark.slow
 def test_the_demo_resume_refuses_a_replaced_last_checkpoint(tmp_path, tiny_run):
     from geopose.demo import DemoSettings, train_model
 
@@ -210,6 +215,7 @@ def test_the_demo_resume_refuses_a_replaced_last_checkpoint(tmp_path, tiny_run):
     assert str(last) in str(err.value) and "open" in str(err.value) and not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILY_FIXTURES)
 def test_published_files_load_without_any_flag(tmp_path, name):
     path = write_published(name, tmp_path / f"{name}.bin")

@@ -256,7 +256,8 @@ def test_flow_least_squares_recovers_direction_and_scale():
 
 
 def test_flow_pose_has_no_direction_for_a_flat_scene():
-    """No heights, no evidence: direction (0, 0), "unknown" (tests/test_direction_fallback.py)."""
+    """No heights, no evidence: direction (0, 0), "unknown"
+    (tests/inference/test_direction_fallback.py)."""
     direction, scale, _ = flow_pose(torch.zeros(1, 2, 8, 8), torch.zeros(1, 1, 8, 8))
     torch.testing.assert_close(direction, torch.zeros(1, 2))
     assert scale.item() < 1e-3

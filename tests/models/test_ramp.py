@@ -68,7 +68,8 @@ def test_rendered_facades_give_back_the_angle_and_scale(city, seed, angle, scale
 
 
 def test_flat_ground_gives_no_flow_and_no_direction():
-    """No ramps, no evidence: direction (0, 0), "unknown" (tests/test_direction_fallback.py)."""
+    """No ramps, no evidence: direction (0, 0), "unknown"
+    (tests/inference/test_direction_fallback.py)."""
     direction, scale = ramp_pose(torch.zeros(2, 2, 16, 16))
     torch.testing.assert_close(direction, torch.zeros(2, 2))
     assert float(scale.max()) < 1e-3

@@ -52,7 +52,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from conftest import make_fake_dataset
+    from helpers.fake_data import make_fake_dataset
 
     root = tmp_path_factory.mktemp("faults") / "data"
     make_fake_dataset(root, n_train=16, n_test=1, size=96, seed=3)
@@ -392,6 +392,7 @@ def _watch_and_kill(
     raise AssertionError(f"no checkpoint of step {min_step} (rc {proc.returncode}): {err[-2000:]}")
 
 
+@pytest.mark.slow
 def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path, capsys):
     rng = random.Random(20240611)
     run = tmp_path / "run"

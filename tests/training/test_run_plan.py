@@ -84,7 +84,7 @@ def recorded_train(monkeypatch):
 
 
 def test_demo_resumes_through_plan_run_then_reuses(tmp_path, recorded_train, monkeypatch):
-    monkeypatch.setattr(geopose.training.run, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(geopose.training.devices, "cpu_has_native_bf16", lambda: False)
     s = demo.DemoSettings(out=tmp_path / "demo", size=64, overrides=["data.batch_size=4"])
     started_run(s.run, demo.train_config(s, 1.0))
     lines = []

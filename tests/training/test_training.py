@@ -105,6 +105,7 @@ def _fixed_batch_loss(cfg: dict, weights: dict[str, torch.Tensor]) -> float:
     return float(total)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_the_run_folder_is_complete(data_dir, tmp_path):
     cfg = config(
         data_dir,
@@ -166,6 +167,7 @@ class GradNorms(L.Callback):
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_fused_adam_trains_with_clipped_gradients(data_dir, tmp_path, precision):
     """Every precision a CPU or GPU run picks trains with the fused AdamW and clips the
@@ -187,6 +189,7 @@ def test_fused_adam_trains_with_clipped_gradients(data_dir, tmp_path, precision)
     assert all(0.99 * clip <= n <= 1.001 * clip for n in norms.norms), norms.norms
 
 
+@pytest.mark.slow
 def test_validation_score_and_best_checkpoints(data_dir, tmp_path):
     cfg = config(
         data_dir,
@@ -207,6 +210,7 @@ def test_validation_score_and_best_checkpoints(data_dir, tmp_path):
     assert f"score={scores.max():.4f}" in summary["best_checkpoint"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [None, 0.8])
 def test_kill_and_resume_continues_exactly(data_dir, tmp_path, ema):
     # 3 steps per epoch: the kill after step 4 is in the middle of epoch 1. With a moving
@@ -261,6 +265,7 @@ def test_early_crops_are_never_above_the_crop(data_dir, tmp_path, early, share, 
     assert GeoposeDataModule(cfg, tmp_path).crop_for_epoch(0) == side  # data.crop=64
 
 
+@pytest.mark.slow
 def test_progressive_crops_switch_by_progress_in_workers_and_resume_exactly(data_dir, tmp_path):
     # 3 steps per epoch, 9 steps: epochs 0 and 1 start at 0 and 1/3 of training (< 0.5, 32 px
     # crops), epoch 2 at 2/3 (64 px). A loader process keeps its data set: the side comes with
@@ -299,6 +304,7 @@ class StepWeights(L.Callback):
         }
 
 
+@pytest.mark.slow
 def test_ema_weights_are_checkpointed_predicted_with_and_resumable(data_dir, tmp_path):
     decay = 0.6
     over = ("data.fold=null", "train.max_steps=3", "train.lr=1e-2", f"train.ema_decay={decay}")
@@ -356,6 +362,7 @@ class Poison(L.Callback):
         self.after = self._copy(pl_module)
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     cfg = config(
         data_dir,
@@ -397,6 +404,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(data_dir, tmp_path):
         torch.testing.assert_close(batches[0][key], batches[1][key], equal_nan=True)
 
 
+@pytest.mark.slow
 def test_init_from_loads_the_weights(data_dir, tmp_path):
     from geopose.models import load_model
     from geopose.training.run import _init_weights
@@ -415,6 +423,7 @@ def test_init_from_loads_the_weights(data_dir, tmp_path):
         _init_weights(other, model, str(last))
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_agrees_on_weights(data_dir, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -463,6 +472,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return int(exc.value.code or 0), out.out, out.err
 
 
+@pytest.mark.slow
 def test_cli_trains_resumes_and_refuses(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
     args = [
@@ -564,7 +574,7 @@ class RecordingView:
 
 
 def test_progress_status_text():
-    from geopose.training.run import TrainingStatus, clock_text
+    from geopose.training.progress import TrainingStatus, clock_text
 
     assert [clock_text(s) for s in (0, 59.9, 192, 3600, 4000)] == [
         "00:00", "00:59", "03:12", "1:00:00", "1:06:40"
@@ -581,6 +591,7 @@ def test_progress_status_text():
     assert TrainingStatus(5, 60, 1, 9, at=10.0, running=False).later(12.5).seconds == 5
 
 
+@pytest.mark.slow
 def test_progress_shows_the_time_budget_and_no_model_summary_unless_verbose(
     data_dir, tmp_path, monkeypatch
 ):
@@ -592,7 +603,7 @@ def test_progress_shows_the_time_budget_and_no_model_summary_unless_verbose(
     from lightning.pytorch.callbacks import ModelSummary
 
     from geopose.logs import ENV
-    from geopose.training.run import LineView, TrainingProgress
+    from geopose.training.progress import LineView, TrainingProgress
 
     monkeypatch.setenv(ENV, "0")  # the CLI without -v
     view, seen = RecordingView(), SeenCallbacks()

@@ -30,7 +30,7 @@ def run_cli(capsys, *args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A fake data set and predictions whose quality falls with the image index."""
-    from conftest import make_fake_dataset  # the fixture is function-scoped; share one set
+    from helpers.fake_data import make_fake_dataset  # the fixture is function-scoped; share one set
 
     root = tmp_path_factory.mktemp("report")
     ds = make_fake_dataset(root / "data", n_train=5, n_test=0, size=48)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-    from geopose.training.run import TrainingStatus
+    from geopose.training.progress import TrainingStatus
 
 BAR_WIDTH = (10, 40)
 """Narrowest and widest training bar, columns: the terminal's width less 70 (the status text
@@ -23,7 +23,7 @@ takes up to about 60), kept still as the text grows."""
 
 
 class RichTrainingView:
-    """Draws the training's progress (:class:`geopose.training.run.TrainingProgress`) as one
+    """Draws the training's progress (:class:`geopose.training.progress.TrainingProgress`) as one
     rich line, e.g. ``train ━━━━━━━━╸━━━━━  03:12 / 06:40  1,234 steps  val score 0.710``:
     the time used of the training's budget (mm:ss), the optimizer steps, the loss and the
     latest validation score. Redrawn twice a second (the clock runs between steps, which take
@@ -109,9 +109,9 @@ def demo(
     from rich.table import Table
 
     from geopose.demo import DemoSettings, run_demo
+    from geopose.inference.tta import check_tta
 
-    if tta not in (None, "none", "flip", "d2", "d4"):
-        raise typer.BadParameter(f"--tta must be none, flip, d2 or d4, got {tta!r}")
+    check_tta(tta)
     settings = DemoSettings(
         out=out,
         minutes=minutes,

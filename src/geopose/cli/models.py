@@ -21,7 +21,7 @@ UNKNOWN = "\N{EN DASH}"
 
 
 def _size(n_bytes: int | None) -> str:
-    """A model's size (:func:`geopose.models.zoo.catalog.cached_bytes`): kB below 1 MB, MB,
+    """A model's size (:func:`geopose.models.zoo.cache.cached_bytes`): kB below 1 MB, MB,
     GB from 1000 MB (binary units); :data:`UNKNOWN` when not known."""
     if n_bytes is None:
         return UNKNOWN
@@ -37,7 +37,7 @@ _STATE = {
     "changed": "[red]changed[/]",
     "unrecorded": "[yellow]no record[/]",
 }
-"""The cached column by :func:`geopose.models.zoo.catalog.cache_state` (sizes only)."""
+"""The cached column by :func:`geopose.models.zoo.cache.cache_state` (sizes only)."""
 
 
 def _host(entry) -> str:
@@ -69,12 +69,12 @@ def models(
         return
     from rich.table import Table
 
-    from geopose.models.zoo import catalog
+    from geopose.models.zoo import cache, catalog
 
     if as_json:
         import json
 
-        print(json.dumps(catalog.listing(), indent=1))
+        print(json.dumps(cache.listing(), indent=1))
         return
     # --wide: the variant, source and licence under each name, so that it fits 80 columns too
     table = Table(title="Published models", title_justify="left", show_lines=wide)
@@ -87,20 +87,20 @@ def models(
         if wide:
             licence = e.licence.split(" ", 1)[0]
             name += f"\n[dim]{escape(e.variant)}\n{escape(_host(e))}, {escape(licence)}[/]"
-        size = _size(catalog.cached_bytes(e.name))
-        table.add_row(name, e.family, size, _STATE[catalog.cache_state(e.name)])
+        size = _size(cache.cached_bytes(e.name))
+        table.add_row(name, e.family, size, _STATE[cache.cache_state(e.name)])
     console.print(table)
     ens = Table(title="The authors' submissions (ensembles)", title_justify="left")
     ens.add_column("name", no_wrap=True)
     for col in ("members", "TTA", "private score", "cached"):
         ens.add_column(col, justify="right" if col != "TTA" else "left", no_wrap=True)
     for e in catalog.ENSEMBLES.values():
-        n_cached = sum(catalog.cached_path(m) is not None for m, _ in e.members)
+        n_cached = sum(cache.cached_path(m) is not None for m, _ in e.members)
         score = f"{e.authors_score:.4f}" if e.authors_score is not None else UNKNOWN
         ens.add_row(e.name, str(len(e.members)), e.tta, score, f"{n_cached}/{len(e.members)}")
     console.print(ens)
     console.print(
-        f"cache: {escape(str(catalog.cache_dir()))} (GEOPOSE_CACHE moves it)", highlight=False
+        f"cache: {escape(str(cache.cache_dir()))} (GEOPOSE_CACHE moves it)", highlight=False
     )
     console.print(
         "download: geopose models download NAME (an ensemble's name: all its members)\n"
@@ -132,15 +132,15 @@ def download(
     """Download published models into the cache (resumable: re-run after an interruption;
     files appear only when complete). An ensemble name downloads all its members. Each file's
     SHA-256 is recorded, and checked each time the file is used."""
-    from geopose.models.zoo import catalog
+    from geopose.models.zoo import cache, catalog
 
     entries = [m for name in names for m in catalog.members_of(name)]
     if file is not None and len(entries) != 1:
         fail(f"--file goes with one model name, got {len(entries)} ({', '.join(entries)})")
     if force and file is None:  # all first: members of one archive share its download
         for name in dict.fromkeys(entries):
-            catalog.remove_cached(name)
+            cache.remove_cached(name)
     with model_files(trust_file), progress_bar(transfer=True) as on_progress:
         for name in dict.fromkeys(entries):
-            path = catalog.fetch(name, on_progress=on_progress, local_file=file, timeout=timeout)
+            path = cache.fetch(name, on_progress=on_progress, local_file=file, timeout=timeout)
             console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)

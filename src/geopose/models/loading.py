@@ -45,18 +45,18 @@ def resolve_spec(spec: str | Path) -> Path:
     Raises :class:`GeoposeDataError` for a name that is not downloaded yet (saying how) or a
     path that does not exist.
     """
-    from geopose.models.zoo import catalog
+    from geopose.models.zoo import cache, catalog
 
     path = Path(spec)
     if path.is_file():
         return path
     name = str(spec)
     if name in catalog.CATALOG:
-        cached = catalog.verified_path(name)  # its hash checked against the download record
+        cached = cache.verified_path(name)  # its hash checked against the download record
         if cached is None:
             raise GeoposeDataError(
                 name,
-                f"published model not in the cache ({catalog.cache_dir()}): run "
+                f"published model not in the cache ({cache.cache_dir()}): run "
                 f"`geopose models download {name}` first",
             )
         return cached

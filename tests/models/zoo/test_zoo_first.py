@@ -22,6 +22,8 @@ from geopose.models.zoo import (
 )
 from geopose.models.zoo.first import FirstFamily, FirstPlaceModel, preprocess
 
+pytestmark = pytest.mark.slow  # nearly every test builds the full-size published model
+
 NAME = "first"
 
 

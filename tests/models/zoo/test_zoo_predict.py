@@ -35,6 +35,7 @@ def _images_folder(root, name: str):
     return images, f"{city}_fix", io
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", zf.FAMILY_FIXTURES)
 def test_predict_writes_what_the_original_writes(tmp_path, name):
     weights = zf.write_published(name, tmp_path / f"{name}.weights")  # any name works
@@ -81,6 +82,7 @@ def test_d4_tta_is_exactly_equivariant_on_a_converted_model(baseline_model):
         assert abs(d) < 1e-5 and got.scale == pytest.approx(ref.scale, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_published_model_matches_torch(tmp_path, baseline_model):
     _, _, path = baseline_model
     onnx = tmp_path / "baseline.onnx"
@@ -116,6 +118,7 @@ def test_unknown_model_name_says_how_to_list(tmp_path):
         load_model("no_such_model")
 
 
+@pytest.mark.slow
 def test_fine_tune_a_published_model_then_load_and_predict(
     tmp_path, baseline_model, make_fake_dataset
 ):

@@ -63,7 +63,8 @@ class Case:
     out: object  # geopose contract, batch [main gsd, alt gsd]
 
 
-@pytest.fixture(scope="module", params=FIXTURES)
+# every test of a fixture builds its full-size b6/b7 model: slow
+@pytest.fixture(scope="module", params=[pytest.param(f, marks=pytest.mark.slow) for f in FIXTURES])
 def case(request, tmp_path_factory) -> Case:
     name = request.param
     state = published_state(name)

@@ -53,7 +53,11 @@ OUTPUTS = ("xydir", "height", "mag", "scale")
 CITY = {"ARG": 0, "ATL": 1, "JAX": 2, "OMA": 3}
 
 
-@pytest.fixture(scope="module", params=NAMES)
+# the baseline (resnet34) stays in the quick tests; the 4th place's full-size models are slow
+@pytest.fixture(
+    scope="module",
+    params=[n if n == "baseline" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES],
+)
 def name(request) -> str:
     return request.param
 
