@@ -44,6 +44,7 @@ writer thread compresses and writes finished strips: I/O overlaps compute.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -190,140 +191,183 @@ class _Tile:
     valid: np.ndarray | None
 
 
-def _read_tiles(scene: Any, rows: list[int], cols: list[int], th: int, tw: int) -> Iterator[_Tile]:
-    from rasterio.windows import Window
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of a ``height``×``width`` px scene: tile side ``tile`` and least overlap
+    ``overlap`` (px), blended with the windows of ``geopose.inference.tiling`` that are zero for
+    ``margin`` px next to inner tile edges. ``rows``/``cols``: tile starts (px); ``th``/``tw``:
+    the tile's size (px, the scene's when smaller); ``wr``/``wc``: per-axis window weights."""
 
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            rgb, valid = scene.read(Window(c, r, tw, th), boundless=True)
-            if not valid.any():
-                yield _Tile(i, j, r, c, None, None)
-            else:
-                yield _Tile(i, j, r, c, rgb, valid)
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    margin: int
+
+    @functools.cached_property
+    def rows(self) -> list[int]:
+        return tile_starts(self.height, self.tile, self.overlap)
+
+    @functools.cached_property
+    def cols(self) -> list[int]:
+        return tile_starts(self.width, self.tile, self.overlap)
+
+    @property
+    def th(self) -> int:
+        return min(self.tile, self.height)
+
+    @property
+    def tw(self) -> int:
+        return min(self.tile, self.width)
+
+    @functools.cached_property
+    def wr(self) -> list[np.ndarray]:
+        return axis_weights(self.rows, self.th, self.height, self.margin)
+
+    @functools.cached_property
+    def wc(self) -> list[np.ndarray]:
+        return axis_weights(self.cols, self.tw, self.width, self.margin)
+
+    def sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """The summed windows per row and per column (the blend divides by their product: the
+        windows are outer products, so no 2-D weight accumulator is needed; 1 up to rounding,
+        see tiling.py)."""
+        den_r, den_c = np.zeros(self.height), np.zeros(self.width)
+        for s, a in zip(self.rows, self.wr, strict=True):
+            den_r[s : s + self.th] += a
+        for s, a in zip(self.cols, self.wc, strict=True):
+            den_c[s : s + self.tw] += a
+        return den_r, den_c
+
+    def read(self, scene: Any) -> Iterator[_Tile]:
+        """The scene's tiles in row-major order, read with their validity."""
+        from rasterio.windows import Window
+
+        for i, r in enumerate(self.rows):
+            for j, c in enumerate(self.cols):
+                rgb, valid = scene.read(Window(c, r, self.tw, self.th), boundless=True)
+                if not valid.any():
+                    yield _Tile(i, j, r, c, None, None)
+                else:
+                    yield _Tile(i, j, r, c, rgb, valid)
 
 
-def _pass_agl(
-    predictor: Predictor,
-    scene: Any,
-    path: Path,
-    gsd: float,
-    city: int,
-    tile: int,
-    overlap: int,
-    margin: int | None,
-    blocksize: int,
-    overwrite: bool,
-    threads: bool,
-    on_progress: ProgressFn | None,
-    result: SceneResult,
-) -> None:
-    """Predict every tile, blend into a band accumulator, write the AGL COG; fill ``result``."""
-    from rasterio.windows import Window
+class _AglPass:
+    """The first pass over a scene: every tile predicted, blended into a band accumulator of
+    ``grid.th + blocksize`` rows by the scene's width, finished strips written to the AGL COG;
+    the tiles' poses voted (:class:`PoseVote`) into ``result``."""
 
-    from geopose.io.cog import BlockWriter
+    def __init__(
+        self,
+        predictor: Predictor,
+        grid: TileGrid,
+        blocksize: int,
+        result: SceneResult,
+        on_progress: ProgressFn | None,
+    ) -> None:
+        self.predictor, self.grid, self.blocksize = predictor, grid, blocksize
+        self.result, self.on_progress = result, on_progress
+        den_r, den_c = grid.sums()
+        self.den_r, self.den_c32 = den_r, den_c.astype(np.float32)
+        self.cap = grid.th + blocksize
+        self.acc = np.zeros((self.cap, grid.width), np.float32)  # rows from band0; NaN: nodata
+        self.band0 = 0
+        self.vote = PoseVote()
+        self.total = len(grid.rows) * len(grid.cols)
+        self.done = 0
+        self.max_agl = -math.inf
 
-    h, w = scene.height, scene.width
-    margin = overlap // 4 if margin is None else margin
-    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    th, tw = min(tile, h), min(tile, w)
-    wr, wc = axis_weights(rows, th, h, margin), axis_weights(cols, tw, w, margin)
-    # The blend divides by the summed windows, a product of the per-axis sums (the windows are
-    # outer products): no 2-D weight accumulator needed (1 up to rounding, see tiling.py).
-    den_r, den_c = np.zeros(h), np.zeros(w)
-    for s, a in zip(rows, wr, strict=True):
-        den_r[s : s + th] += a
-    for s, a in zip(cols, wc, strict=True):
-        den_c[s : s + tw] += a
-    den_c32 = den_c.astype(np.float32)
-    per_call = max(1, predictor.max_batch // _views(predictor))
-    cap = th + blocksize
-    acc = np.zeros((cap, w), np.float32)  # rows [band0, band0 + cap); NaN marks nodata
-    band0 = 0
-    vote = PoseVote()
-    total = len(rows) * len(cols)
-    done = 0
-    max_agl = -math.inf
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress("predict", self.done, self.total)
 
-    def flush(upto: int, writer: Any, bg: BackgroundWriter) -> None:
-        nonlocal band0, max_agl
-        n = upto - band0
+    def flush(self, upto: int, writer: Any, bg: BackgroundWriter) -> None:
+        """Write the finished rows ``[band0, upto)`` and shift the accumulator up."""
+        from rasterio.windows import Window
+
+        n = upto - self.band0
         if n <= 0:
             return
+        acc, cap = self.acc, self.cap
         with np.errstate(invalid="ignore", divide="ignore"):  # a zero sum has a zero acc: NaN
-            out = acc[:n] / den_r[band0:upto, None].astype(np.float32)
-            out /= den_c32
+            out = acc[:n] / self.den_r[self.band0 : upto, None].astype(np.float32)
+            out /= self.den_c32
         np.maximum(out, 0, out=out)  # heights clipped at 0 m as Predictor.predict does; NaN kept
         if np.isfinite(out).any():
-            max_agl = max(max_agl, float(np.nanmax(out)))
-        bg.put(writer, out[None], Window(0, band0, w, n))
+            self.max_agl = max(self.max_agl, float(np.nanmax(out)))
+        bg.put(writer, out[None], Window(0, self.band0, self.grid.width, n))
         for k in range(0, cap - n, n):  # shift up by n rows, in pieces that do not overlap
             m = min(n, cap - n - k)
             acc[k : k + m] = acc[k + n : k + n + m]
         acc[cap - n :] = 0
-        band0 = upto
+        self.band0 = upto
 
-    def predict(batch: list[_Tile]) -> None:
-        nonlocal done
+    def predict(self, batch: list[_Tile], gsd: float, city: int) -> None:
+        """Predict a batch of tiles and blend them in."""
+        g, result = self.grid, self.result
         t0 = time.perf_counter()
-        out = predictor.predict_tiles(np.stack([t.rgb for t in batch]), gsd, city)
+        out = self.predictor.predict_tiles(np.stack([t.rgb for t in batch]), gsd, city)
         result.model_seconds += time.perf_counter() - t0
         for k, t in enumerate(batch):
             agl = out.agl[k]
             agl[~t.valid] = np.nan
-            win = np.outer(wr[t.row], wc[t.col]).astype(np.float32)  # as predict_tiled
+            win = np.outer(g.wr[t.row], g.wc[t.col]).astype(np.float32)  # as predict_tiled
             agl *= win
-            acc[t.r - band0 : t.r - band0 + th, t.c : t.c + tw] += agl
+            self.acc[t.r - self.band0 : t.r - self.band0 + g.th, t.c : t.c + g.tw] += agl
             weight = float(win.sum(dtype=np.float64, where=t.valid))
-            voted = vote.add(out.direction[k], float(out.scale[k]), weight)
+            voted = self.vote.add(out.direction[k], float(out.scale[k]), weight)
             ang = float(vector_to_angle(out.direction[k])) if voted else math.nan
             result.votes.append((t.r, t.c, ang, float(out.scale[k]), weight))
         result.tiles += len(batch)
-        done += len(batch)
-        if on_progress is not None:
-            on_progress("predict", done, total)
+        self.done += len(batch)
+        self._progress()
 
-    nan = float("nan")
-    reader = prefetch(_read_tiles(scene, rows, cols, th, tw), per_call, threads)
-    with (
-        BlockWriter(
-            path,
-            w,
-            h,
-            1,
-            "float32",
-            scene.georef,
-            nodata=nan,
-            overwrite=overwrite,
-            blocksize=blocksize,
-        ) as writer,
-        background_writer(threads, depth=1) as bg,
-        contextlib.closing(reader) as tiles,
-    ):
-        batch: list[_Tile] = []
-        current = 0
-        for t in tiles:
-            if t.row != current:  # tile row finished: predict its rest, flush what is done
-                if batch:
-                    predict(batch)
+    def empty(self, t: _Tile) -> None:
+        """An all-nodata tile: NaN there, whatever the neighbours add."""
+        g = self.grid
+        self.acc[t.r - self.band0 : t.r - self.band0 + g.th, t.c : t.c + g.tw] = np.nan
+        self.result.empty_tiles += 1
+        self.done += 1
+        self._progress()
+
+    def run(self, scene: Any, path: Path, gsd: float, city: int, threads: bool) -> None:
+        """Predict every tile of ``scene`` and write the AGL COG at ``path``; fill ``result``."""
+        from geopose.io.cog import BlockWriter
+
+        g, bs = self.grid, self.blocksize
+        per_call = max(1, self.predictor.max_batch // _views(self.predictor))
+        reader = prefetch(g.read(scene), per_call, threads)
+        nan = float("nan")
+        with (
+            BlockWriter(
+                path, g.width, g.height, 1, "float32", scene.georef, nodata=nan, overwrite=True,
+                blocksize=bs,
+            ) as writer,
+            background_writer(threads, depth=1) as bg,
+            contextlib.closing(reader) as tiles,
+        ):  # fmt: skip
+            batch: list[_Tile] = []
+            current = 0
+            for t in tiles:
+                if t.row != current:  # tile row finished: predict its rest, flush what is done
+                    if batch:
+                        self.predict(batch, gsd, city)
+                        batch = []
+                    self.flush(g.rows[t.row] // bs * bs, writer, bg)
+                    current = t.row
+                if t.rgb is None:
+                    self.empty(t)
+                    continue
+                batch.append(t)
+                if len(batch) == per_call:
+                    self.predict(batch, gsd, city)
                     batch = []
-                flush(rows[t.row] // blocksize * blocksize, writer, bg)
-                current = t.row
-            if t.rgb is None:  # all nodata: NaN there, whatever the neighbours add
-                acc[t.r - band0 : t.r - band0 + th, t.c : t.c + tw] = np.nan
-                result.empty_tiles += 1
-                done += 1
-                if on_progress is not None:
-                    on_progress("predict", done, total)
-                continue
-            batch.append(t)
-            if len(batch) == per_call:
-                predict(batch)
-                batch = []
-        if batch:
-            predict(batch)
-        flush(h, writer, bg)
-    result.angle, result.scale, result.direction_known = vote.result()
-    result.max_agl = max(max_agl, 0.0)
+            if batch:
+                self.predict(batch, gsd, city)
+            self.flush(g.height, writer, bg)
+        r = self.result
+        r.angle, r.scale, r.direction_known = self.vote.result()
+        r.max_agl = max(self.max_agl, 0.0)
 
 
 def _views(predictor: Predictor) -> int:
@@ -422,20 +466,10 @@ def predict_scene(
         resumed = not overwrite and _resume_pose(note, paths["agl"], result)
         if not resumed:
             note.unlink(missing_ok=True)
-            _pass_agl(
-                predictor,
-                scene,
-                paths["agl"],
-                gsd=float(gsd),
-                city=int(city),
-                tile=tile,
-                overlap=overlap,
-                margin=margin,
-                blocksize=blocksize,
-                overwrite=True,  # a partial set of an interrupted run
-                threads=threads,
-                on_progress=on_progress,
-                result=result,
+            margin_px = overlap // 4 if margin is None else margin
+            grid = TileGrid(scene.height, scene.width, tile, overlap, margin_px)
+            _AglPass(predictor, grid, blocksize, result, on_progress).run(
+                scene, paths["agl"], float(gsd), int(city), threads
             )
             _write_pose(note, result)
         write_flow(
