@@ -119,7 +119,7 @@ def test_swapping_the_encoder_is_one_string():
 
 def test_recipe_extends_inherits_and_overrides():
     r = load_recipe("bloodaxe_b6_rdtsc")
-    assert r["model"]["encoder"] == "efficientnet_b6"
+    assert r["model"]["encoder"] == "tf_efficientnet_b6.ns_jft_in1k"
     assert r["model"]["decoder"]["kind"] == "residual_deconv"
     assert r["loss"]["agl"] == {"kind": "huber", "delta": 10.0, "weight": 1.0}
     assert r["model"]["agl"]["gsd"] == "both"  # from bloodaxe_b7

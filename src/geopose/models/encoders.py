@@ -61,19 +61,49 @@ class Encoder(nn.Module):
         return [feats[i] for i in self._keep]
 
 
+def pretrained_source(name: str) -> str | None:
+    """Where timm takes the pretrained weights of ``name`` (a model name or ``name.tag``) from:
+    its Hugging Face hub id or URL; None when timm has no weights for it (e.g.
+    ``efficientnet_b7``, whose ``tf_efficientnet_b7.*`` tags have them)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    if cfg is None:
+        return None
+    return cfg.hf_hub_id or cfg.url or cfg.file or None
+
+
+def _weight_tags(name: str) -> list[str]:
+    """timm's tags with weights for the architecture of ``name``."""
+    arch = name.split(".", 1)[0]
+    return timm.list_pretrained(arch + ".*")
+
+
 def _create_backbone(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, features_only=True)`` with geopose errors for bad names."""
+    """``timm.create_model(name, features_only=True)`` with geopose errors for bad names: an
+    unknown name, pretrained weights asked of a name timm has none for (a recipe bug, with the
+    tags that have them), weights that cannot be loaded (not cached and no network: the tag
+    and its source named, with the override that trains from scratch)."""
     if not timm.is_model(name):
         raise ConfigError(f"unknown encoder {name!r}: not a timm model name (timm.list_models())")
+    source = pretrained_source(name) if pretrained else None
+    if pretrained and source is None:
+        tags = _weight_tags(name)
+        hint = f"tags with weights: {', '.join(tags)}" if tags else "timm has none for it"
+        raise ConfigError(
+            f"encoder {name!r} has no pretrained weights ({hint}); name a tag that has them, "
+            "or model.pretrained=false"
+        )
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
         if pretrained:
             raise ConfigError(
-                f"encoder {name!r}: its ImageNet weights could not be loaded (no network? "
-                f"{str(exc)[:200]}); train from scratch with the override model.pretrained=false "
-                "(or pretrained: false in the recipe), or put the weights in the Hugging Face "
-                "cache (HF_HOME) on a machine with a network first"
+                f"encoder {name!r}: its pretrained weights ({source}) are not cached here and "
+                f"could not be downloaded ({type(exc).__name__}); train from scratch with the "
+                "override model.pretrained=false, or fetch them once on a machine with a network "
+                "(they land in the Hugging Face cache, HF_HOME)"
             ) from exc
         problem = f"encoder {name!r} cannot be built with features_only=True: {exc}"
         raise ConfigError(problem) from exc
